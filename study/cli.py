@@ -1,0 +1,118 @@
+"""The `study` command line: parsing and printing only; the work lives in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from study.spec import SpecError, load_spec
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {p!r}: expected dotted.key=value, e.g. "
+                            "--set search.trials=2")
+        out[key.strip()] = value
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="study", description="Distributed hyperparameter studies of CNN folklore "
+        "(Ray Tune + Optuna + MLflow + PyTorch).")
+    sub = ap.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", help="check a spec and show what it would run")
+    v.add_argument("spec", nargs="+", help="YAML spec file(s)")
+    v.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a field, e.g. search.trials=2")
+    r = sub.add_parser("run", help="run a study to the end")
+    r.add_argument("spec", help="YAML spec file, e.g. search_spaces/conv_bias_bn.yaml")
+    r.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a field (repeatable), e.g. "
+                   "--set search.trials=2 --set train.epochs=1")
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            for path in args.spec:
+                spec = load_spec(path, overrides=_overrides(args.overrides))
+                print(spec.summary())
+                print(f"OK: {path}")
+            return EXIT_OK
+        if args.command == "run":
+            return _run(args)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_FAILED  # pragma: no cover - argparse guarantees a command
+
+
+def _run(args: argparse.Namespace) -> int:
+    from study.runner import run
+    from study.tracking import TrackingError
+
+    spec = load_spec(args.spec, overrides=_overrides(args.overrides))
+    try:
+        result = run(spec, echo=None if args.quiet else _err)
+    except TrackingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(summary(result))
+    if result.status == "interrupted":
+        print("study INTERRUPTED: not every run ended", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if result.status == "finished" else EXIT_FAILED
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def summary(result: Any) -> str:
+    """A short table of configurations, best first, and where to look next."""
+    counts = result.counts()
+    lines = [
+        "",
+        f"study {result.name}: {result.status} in {result.wall_seconds:.0f} s; runs: "
+        + ", ".join(f"{v} {k}" for k, v in counts.items() if v),
+    ]
+    scored = [c for c in result.configs if c.value is not None]
+    reverse = result.mode == "max"
+    scored.sort(key=lambda c: c.value, reverse=reverse)
+    if scored:
+        lines.append(f"  {'config':>6}  {'mean ' + result.metric:>20}  runs  params")
+        for c in scored[:10]:
+            params = ", ".join(f"{k}={v}" for k, v in c.params.items()) or "(fixed)"
+            lines.append(f"  {c.index:>6}  {c.value:>20.4f}  {c.usable_runs:>2}/{c.runs:<2} "
+                         f"{params}")
+    unscored = [c for c in result.configs if c.value is None]
+    if unscored:
+        lines.append(f"  {len(unscored)} configuration(s) with no usable run")
+    best = result.best
+    if best is not None:
+        lines.append(f"best: config {best.index} (Optuna trial {best.optuna_trial}), "
+                     f"{result.metric} {best.value:.4f}: {best.params}")
+    lines.append(f"MLflow: {result.tracking_uri}, experiment {result.name!r}, parent run "
+                 f"{result.parent_run_id} ({result.execution})")
+    if result.tracking_uri.startswith("sqlite:"):
+        lines.append(f"  view: mlflow ui --backend-store-uri {result.tracking_uri}")
+    lines.append(f"Optuna: {result.optuna_storage}, study {result.optuna_study!r}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""What a study execution returns: every run, every configuration, the best one."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ConfigRecord", "RunRecord", "StudyResult"]
+
+
+@dataclass
+class RunRecord:
+    """One training run (one configuration, one level, one seed)."""
+
+    run_key: str
+    config: int
+    optuna_trial: int
+    level: Any
+    seed: int
+    pair: str
+    params: dict[str, Any]  # every knob of the run
+    status: str = "pending"  # pending, running, completed, diverged, failed
+    epochs: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)  # last epoch's
+    history: list[dict[str, float]] = field(default_factory=list)
+    model_params: int | None = None
+    macs: int | None = None
+    trial_id: str = ""
+    node: str = ""
+    device: str = ""
+    error: str = ""
+    mlflow_run_id: str | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "run_key": self.run_key, "config": self.config, "optuna_trial": self.optuna_trial,
+            "level": self.level, "seed": self.seed, "pair": self.pair, "status": self.status,
+            "epochs": self.epochs, **{f"param.{k}": v for k, v in self.params.items()},
+            **self.metrics, "model_params": self.model_params, "macs": self.macs,
+            "node": self.node, "device": self.device, "mlflow_run_id": self.mlflow_run_id,
+        }
+
+
+@dataclass
+class ConfigRecord:
+    index: int
+    optuna_trial: int
+    params: dict[str, Any]  # the searched knobs Optuna chose
+    value: float | None  # the aggregate told to Optuna (mean metric over usable runs)
+    runs: int
+    usable_runs: int
+
+
+@dataclass
+class StudyResult:
+    name: str
+    execution: str
+    status: str  # finished, failed, interrupted
+    metric: str
+    mode: str
+    runs: list[RunRecord]
+    configs: list[ConfigRecord]
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    optuna_storage: str
+    optuna_study: str
+    wall_seconds: float
+
+    @property
+    def best(self) -> ConfigRecord | None:
+        scored = [c for c in self.configs if c.value is not None and math.isfinite(c.value)]
+        if not scored:
+            return None
+        pick = max if self.mode == "max" else min
+        return pick(scored, key=lambda c: c.value)  # type: ignore[arg-type, return-value]
+
+    @property
+    def best_config(self) -> dict[str, Any] | None:
+        b = self.best
+        return dict(b.params) if b else None
+
+    def counts(self) -> dict[str, int]:
+        out = {"completed": 0, "diverged": 0, "failed": 0, "running": 0, "pending": 0}
+        for r in self.runs:
+            out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per run: knobs as ``param.*``, final metrics, status, ids."""
+        return [r.as_row() for r in self.runs]

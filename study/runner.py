@@ -1,0 +1,455 @@
+"""Run a study: Ray Tune orchestrates, Optuna proposes, MLflow records, PyTorch trains.
+
+The driver owns every store: Optuna's RDB storage (through the searcher) and MLflow
+(through :class:`StudyCallback`, batched). Workers only train and report per epoch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+import secrets
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from study.results import ConfigRecord, RunRecord, StudyResult
+from study.spec import KNOBS, SpecError, StudySpec, load_spec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["StudyCallback", "run", "trainable"]
+
+Echo = Callable[[str], None]
+METRIC_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
+               "test_accuracy", "epoch_seconds", "train_seconds")
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# Worker side
+# --------------------------------------------------------------------------------------
+
+
+def trainable(config: dict[str, Any]) -> None:
+    """The Ray Tune function trainable: one training run, reported once per epoch."""
+    import ray
+    import torch
+
+    from study.data import load_tensors
+    from study.spec import DatasetSpec
+    from study.train import RunOutcome, train_run
+
+    torch.set_num_threads(int(config["threads"]))
+    device = _device(bool(config["gpu"]))
+    data = load_tensors(DatasetSpec(**config["dataset"]), device)
+    run = config["run"]
+    ctx = ray.get_runtime_context()
+    where = {"node_id": ctx.get_node_id(), "host": socket.gethostname(),
+             "device": str(device)}
+
+    def on_epoch(metrics: dict[str, float], outcome: RunOutcome) -> None:
+        status = outcome.status
+        if status == "completed" and metrics["epoch"] < run["epochs"]:
+            status = "running"
+        tune.report({**metrics, **where, "run_key": run["run_key"], "status": status,
+                     "model_params": outcome.params, "macs": outcome.macs})
+
+    train_run(run, data, device=device, on_epoch=on_epoch)
+
+
+def _device(want_gpu: bool) -> str:
+    if not want_gpu:
+        return "cpu"
+    import ray
+    import torch
+
+    ids = ray.get_gpu_ids()
+    if not ids:
+        raise RuntimeError("this run asked for a GPU but Ray assigned it none")
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 1:
+        raise RuntimeError(
+            f"Ray assigned GPU {ids} on {socket.gethostname()}, but PyTorch sees no CUDA "
+            f"device there (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
+            f"torch {torch.__version__}, CUDA build: {torch.version.cuda})")
+    # Ray sets CUDA_VISIBLE_DEVICES to the GPU it assigned: it is this process' device 0.
+    return "cuda:0"
+
+
+# --------------------------------------------------------------------------------------
+# Driver side
+# --------------------------------------------------------------------------------------
+
+
+class StudyCallback(tune.Callback):
+    """Tune callback: keeps the run ledger, writes MLflow children, prints progress."""
+
+    def __init__(self, spec: StudySpec, writer: Any, echo: Echo | None,
+                 progress_seconds: float = 5.0) -> None:
+        self.spec = spec
+        self.writer = writer
+        self.echo = echo
+        self.records: dict[str, RunRecord] = {}
+        self.children: set[str] = set()  # runs whose MLflow child was requested
+        self.by_trial: dict[str, str] = {}
+        self.started = time.monotonic()
+        self._last_print = 0.0
+        self._progress_seconds = progress_seconds
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the Tuner (for restore): the writer (a thread)
+        # and the echo function stay behind.
+        return {**self.__dict__, "writer": None, "echo": None}
+
+    # Tune calls these with keyword arguments; see ray.tune.Callback.
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run = trial.config["run"]
+        key = run["run_key"]
+        self.by_trial[trial.trial_id] = key
+        rec = self.records.get(key)
+        if rec is None:
+            rec = RunRecord(run_key=key, config=run["config"], optuna_trial=run["optuna_trial"],
+                            level=run["level"], seed=run["seed"], pair=run["pair"],
+                            params={k: run[k] for k in KNOBS if k in run})
+            self.records[key] = rec
+        rec.status = "running"
+        rec.trial_id = trial.trial_id
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        key = self.by_trial.get(trial.trial_id)
+        if key is None or "run_key" not in result:
+            return
+        rec = self.records[key]
+        epoch = int(result["epoch"])
+        if key not in self.children:
+            rec.node, rec.device = result.get("host", ""), result.get("device", "")
+            rec.model_params, rec.macs = result.get("model_params"), result.get("macs")
+            self._start_child(rec, result)
+        elif epoch <= rec.epochs:  # a retried attempt starts over
+            self.writer.set_tags(key, {"study.attempt_restarted_at_epoch": epoch})
+            rec.history = [h for h in rec.history if h["epoch"] < epoch]
+        metrics = {k: float(result[k]) for k in METRIC_KEYS if k in result}
+        rec.history.append({"epoch": epoch, **metrics})
+        rec.metrics = metrics
+        rec.epochs = epoch
+        rec.status = result.get("status", "running")
+        self.writer.log_metrics(key, metrics, step=epoch)
+        if rec.status in ("completed", "diverged"):
+            self._finish(rec, "FINISHED")
+        self._progress()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        key = self.by_trial.get(trial.trial_id)
+        if key is not None and self.records[key].status == "running":
+            # ended without a final report (stopped): record what it reached
+            self._finish(self.records[key], "KILLED", status="stopped")
+        self._progress()
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        key = self.by_trial.get(trial.trial_id)
+        if key is not None and self.echo:
+            self.echo(f"  run {key} failed on attempt {trial.num_failures}; retrying "
+                      f"({_last_line(_error_text(trial))})")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        key = self.by_trial.get(trial.trial_id)
+        if key is None:
+            return
+        rec = self.records[key]
+        rec.error = _error_text(trial)
+        if key not in self.children:
+            self._start_child(rec, {})
+        self.writer.set_tags(key, {"study.error": _last_line(rec.error)[:4000]})
+        self._finish(rec, "FAILED", status="failed")
+        if self.echo:
+            self.echo(f"  run {key} FAILED after {trial.num_failures} attempt(s): "
+                      f"{_last_line(rec.error)}")
+        self._progress()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._progress()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._progress(force=True)
+
+    # -- helpers --
+
+    def _start_child(self, rec: RunRecord, result: Mapping[str, Any]) -> None:
+        s = self.spec
+        params: dict[str, Any] = {**rec.params, "seed": rec.seed, "config": rec.config,
+                                  "dataset": s.dataset.name, "model": s.model}
+        if s.compare_knob:
+            params["compared"] = s.compare_knob
+        if rec.model_params is not None:
+            params["model_params"] = rec.model_params
+            params["macs_per_example"] = rec.macs
+        tags = {
+            "study.name": s.name, "study.run_key": rec.run_key, "study.config": rec.config,
+            "study.optuna_trial": rec.optuna_trial, "study.seed": rec.seed,
+            "study.pair": rec.pair, "study.level": rec.level, "study.status": "running",
+            "ray.trial_id": rec.trial_id, "study.node": result.get("node_id", ""),
+            "study.host": result.get("host", ""), "study.device": result.get("device", ""),
+        }
+        if s.compare_knob:
+            tags["study.arm"] = f"{s.compare_knob}={rec.level}"
+        self.children.add(rec.run_key)
+        self.writer.start_child(rec.run_key, name=rec.run_key, params=params, tags=tags)
+
+    def _finish(self, rec: RunRecord, mlflow_status: str, status: str | None = None) -> None:
+        if status is not None:
+            rec.status = status
+        self.writer.set_tags(rec.run_key, {"study.status": rec.status,
+                                           "study.epochs": rec.epochs})
+        self.writer.end_child(rec.run_key, mlflow_status)
+
+    def counts(self) -> dict[str, int]:
+        out = {"completed": 0, "diverged": 0, "failed": 0, "running": 0, "stopped": 0}
+        for r in self.records.values():
+            out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+    def _progress(self, force: bool = False) -> None:
+        if self.echo is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_print < self._progress_seconds:
+            return
+        self._last_print = now
+        c = self.counts()
+        done = c["completed"] + c["diverged"] + c["failed"] + c["stopped"]
+        best = _best_so_far(self.records.values(), self.spec)
+        self.echo(f"[{self.spec.name}] {done}/{self.spec.total_runs} runs done "
+                  f"({c['running']} running, {c['failed']} failed, {c['diverged']} diverged)"
+                  f"{best} | {now - self.started:.0f} s")
+
+
+def _best_so_far(records: Any, spec: StudySpec) -> str:
+    by_cfg: dict[int, list[float]] = {}
+    totals: dict[int, int] = {}
+    for r in records:
+        totals[r.config] = totals.get(r.config, 0) + 1
+        v = r.metrics.get(spec.metric)
+        if r.status in ("completed", "diverged") and v is not None and math.isfinite(v):
+            by_cfg.setdefault(r.config, []).append(v)
+    full = {k: sum(v) / len(v) for k, v in by_cfg.items()
+            if totals[k] == spec.runs_per_config and len(v) == totals[k]}
+    if not full:
+        return ""
+    pick = max if spec.mode == "max" else min
+    k = pick(full, key=lambda i: full[i])
+    return f" | best {spec.metric} {full[k]:.4f} (config {k})"
+
+
+def _error_text(trial: Any) -> str:
+    path = getattr(trial, "error_file", None)
+    if path:
+        try:
+            return Path(path).read_text()
+        except OSError:
+            pass
+    return str(getattr(trial, "error_msg", "") or "unknown error")
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def _init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+
+
+def _check_cluster(spec: StudySpec) -> dict[str, float]:
+    import ray
+
+    res = ray.cluster_resources()
+    cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+    where = os.environ.get("RAY_ADDRESS") or "the local Ray instance"
+    if spec.gpu > 0 and gpus < spec.gpu:
+        raise SpecError(
+            f"{spec.source}: field `resources.gpu`: {spec.gpu:g} GPU per run, but {where} has "
+            f"{gpus:g} GPUs. Allowed: 0 here, or run on a cluster with GPUs "
+            "(RAY_ADDRESS / `ray job submit`).")
+    if spec.cpu > cpus:
+        raise SpecError(
+            f"{spec.source}: field `resources.cpu`: {spec.cpu:g} CPUs per run, but {where} has "
+            f"{cpus:g}. Allowed: at most {cpus:g}.")
+    return {"CPU": cpus, "GPU": gpus}
+
+
+def _open_optuna_storage(spec: StudySpec) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.storages.RDBStorage(spec.optuna_storage)
+    except Exception as e:
+        raise SpecError(
+            f"{spec.source}: field `storage.optuna`: cannot open {spec.optuna_storage!r} "
+            f"({type(e).__name__}: {_last_line(str(e))}). Allowed: an SQLAlchemy URL such as "
+            "sqlite:///optuna.db or postgresql://user:pw@host/db (reachable, with its driver "
+            "installed).") from None
+
+
+def run(spec: StudySpec | str | os.PathLike[str], *,
+        overrides: Mapping[str, Any] | None = None, echo: Echo | None = _stderr,
+        ) -> StudyResult:
+    """Run a study to the end and return every run and the best configuration.
+
+    Args:
+        spec: a path to a YAML spec or a loaded :class:`StudySpec`.
+        overrides: dotted keys applied to the YAML before validation,
+            e.g. ``{"search.trials": 2, "train.epochs": 1}``.
+        echo: where progress lines go (``None``: silent).
+    """
+    if not isinstance(spec, StudySpec):
+        spec = load_spec(spec, overrides=overrides)
+    elif overrides:
+        raise ValueError("overrides apply to a spec file; pass a path, not a StudySpec")
+
+    t0 = time.monotonic()
+    from study.tracking import MlflowWriter, check_tracking_uri
+
+    check_tracking_uri(spec.tracking_uri)
+    storage = _open_optuna_storage(spec)
+    # Per-trial JSON/CSV/TensorBoard files duplicate what MLflow holds: off. Tune's result
+    # grid then warns that it has no metrics to load; we build results from the callback.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    _init_ray()
+    cluster = _check_cluster(spec)
+
+    from study.searcher import BlockSearcher
+
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    execution = f"{spec.name}-{stamp}-{secrets.token_hex(2)}"
+    searcher = BlockSearcher(spec, storage=storage, study_name=execution)
+    writer = MlflowWriter(
+        spec.tracking_uri, spec.name, parent_name=execution,
+        parent_tags={"study.name": spec.name, "study.execution": execution,
+                     "study.question": spec.question, "study.spec_file": spec.source,
+                     "optuna.storage": _redact(spec.optuna_storage),
+                     "optuna.study_name": execution,
+                     "ray.address": os.environ.get("RAY_ADDRESS", "local"),
+                     "mlflow.note.content": f"**{spec.question}**\n\n```\n{spec.summary()}\n```"},
+        parent_params=_parent_params(spec),
+    )
+    if echo:
+        echo(spec.summary())
+        echo(f"execution {execution}: Ray {cluster['CPU']:g} CPU / {cluster['GPU']:g} GPU; "
+             f"MLflow {spec.tracking_uri} (experiment {spec.name!r}); "
+             f"Optuna {_redact(spec.optuna_storage)}")
+    callback = StudyCallback(spec, writer, echo)
+    results_dir = Path(spec.results_dir).resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    dataset = spec.dataset.as_dict()
+    if dataset.get("path"):
+        dataset["path"] = str(Path(dataset["path"]).resolve())
+    threads = max(1, int(spec.cpu))
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": spec.cpu, "gpu": spec.gpu}),
+        param_space={"dataset": dataset, "threads": threads, "gpu": spec.gpu > 0},
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.total_runs,
+                                    max_concurrent_trials=spec.concurrency,
+                                    reuse_actors=True, trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=execution, storage_path=str(results_dir), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.retries),
+            callbacks=[callback]),
+    )
+    status = "failed"
+    try:
+        tuner.fit()
+        ended = sum(1 for r in callback.records.values()
+                    if r.status in ("completed", "diverged", "failed"))
+        status = "finished" if ended == spec.total_runs else "interrupted"
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        counts = callback.counts()
+        result = _result(spec, execution, status, callback, searcher, writer,
+                         time.monotonic() - t0)
+        best = result.best
+        tags = {f"study.runs_{k}": v for k, v in counts.items()}
+        tags["study.status"] = status
+        if best is not None:
+            tags["study.best_config"] = best.index
+            tags[f"study.best_{spec.metric}"] = f"{best.value:.6g}"
+        mlflow_status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
+        if not writer.close(mlflow_status, tags=tags) and echo:
+            echo("WARNING: some MLflow writes could not be sent (see the log above)")
+    return result
+
+
+def _result(spec: StudySpec, execution: str, status: str, cb: StudyCallback,
+            searcher: Any, writer: Any, wall: float) -> StudyResult:
+    for key, rec in cb.records.items():
+        rec.mlflow_run_id = writer.child_ids.get(key)
+    configs = []
+    for c in searcher.configs:
+        usable = [v for v in c.values.values() if v is not None and math.isfinite(v)]
+        configs.append(ConfigRecord(index=c.index, optuna_trial=c.optuna_number,
+                                    params=dict(c.params),
+                                    value=c.value if c.told else None, runs=len(c.runs),
+                                    usable_runs=len(usable)))
+    runs = sorted(cb.records.values(), key=lambda r: (r.config, r.seed, str(r.level)))
+    return StudyResult(name=spec.name, execution=execution, status=status, metric=spec.metric,
+                       mode=spec.mode, runs=runs, configs=configs,
+                       tracking_uri=spec.tracking_uri, experiment_id=writer.experiment_id,
+                       parent_run_id=writer.parent_run_id, optuna_storage=spec.optuna_storage,
+                       optuna_study=execution, wall_seconds=wall)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"{trial.config['run']['run_key']}-{trial.trial_id}"
+
+
+def _parent_params(spec: StudySpec) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "dataset": spec.dataset.name, "model": spec.model, "repeats": spec.repeats,
+        "sampler": spec.sampler, "trials": spec.trials, "seed": spec.seed,
+        "metric": spec.metric, "mode": spec.mode, "cpu_per_run": spec.cpu,
+        "gpu_per_run": spec.gpu, "total_runs": spec.total_runs, "pending": spec.pending,
+        "aggregate": f"mean {spec.metric} over the runs of a configuration",
+    }
+    if spec.dataset.path:
+        p["dataset_path"] = spec.dataset.path
+    if spec.compare_knob:
+        p["compare"] = f"{spec.compare_knob}: {list(spec.compare_levels)}"
+    for k, v in spec.fixed.items():
+        p[f"fixed.{k}"] = v
+    for k, d in spec.space.items():
+        p[f"space.{k}"] = d.describe()
+    return p
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL (postgresql://user:pw@host -> postgresql://user:***@host)."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        if ":" in cred:
+            cred = cred.split(":", 1)[0] + ":***"
+        return f"{scheme}://{cred}@{host}"
+    return url

@@ -1,0 +1,131 @@
+"""A Tune searcher that turns each Optuna configuration into its block of runs.
+
+`BlockSearcher` wraps Ray's `OptunaSearch`. For every configuration Optuna proposes it hands
+Tune one trial per (seed, level); when all runs of a configuration have ended it tells
+Optuna one value: the mean of the metric over the configuration's finished runs (diverged
+runs included with the value they reached; failed runs and non-finite values left out; a
+configuration with no usable run is told as FAIL).
+
+Deterministic asynchronous search: configuration k is asked for only after configurations
+0..k-P have been told, and configuration j is told only after configuration j+P-1 was asked
+(P = `search.pending`), always in order. So the history the sampler sees when proposing
+configuration k is exactly configurations 0..k-P, whatever the timing, the number of workers
+or the order in which runs finish: the same spec and seed propose the same configurations on
+a laptop and on a cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from study.space import define_by_run, expand_runs, make_sampler
+from study.spec import StudySpec
+
+__all__ = ["BlockSearcher", "ConfigState"]
+
+
+@dataclass
+class ConfigState:
+    index: int
+    params: dict[str, Any]
+    optuna_number: int
+    runs: list[dict[str, Any]]
+    values: dict[str, float | None] = field(default_factory=dict)  # run_key -> metric
+    told: bool = False
+    value: float | None = None
+
+    @property
+    def complete(self) -> bool:
+        return len(self.values) == len(self.runs)
+
+
+def aggregate(values: list[float | None]) -> float | None:
+    ok = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(ok) / len(ok) if ok else None
+
+
+class BlockSearcher(Searcher):
+    def __init__(self, spec: StudySpec, *, storage: Any, study_name: str) -> None:
+        super().__init__(metric=spec.metric, mode=spec.mode)
+        self.spec = spec
+        self.inner = OptunaSearch(space=define_by_run(spec), metric=spec.metric,
+                                  mode=spec.mode, sampler=make_sampler(spec),
+                                  storage=storage, study_name=study_name)
+        self.configs: list[ConfigState] = []
+        self.queue: list[dict[str, Any]] = []
+        self.trial_runs: dict[str, tuple[int, str]] = {}  # Tune trial id -> (config, run_key)
+        self.next_to_tell = 0
+
+    # -- Tune API --
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if not self.queue:
+            k = len(self.configs)
+            if k >= self.spec.trials:
+                return Searcher.FINISHED
+            gate = k - self.spec.pending
+            if gate >= 0 and not self.configs[gate].told:
+                return None  # wait: keeps the sampler's history deterministic
+            cfg_id = f"config-{k}"
+            params = self.inner.suggest(cfg_id)
+            if params is None:
+                return None
+            number = self.inner._ot_trials[cfg_id].number
+            runs = expand_runs(self.spec, k, params)
+            for r in runs:
+                r["optuna_trial"] = number
+            self.configs.append(ConfigState(k, dict(params), number, runs))
+            self.queue.extend(runs)
+            self._tell_ready()
+        run = self.queue.pop(0)
+        self.trial_runs[trial_id] = (run["config"], run["run_key"])
+        return {"run": run}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # Optuna is told one value per configuration, at its end (NopPruner in OptunaSearch).
+        pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id not in self.trial_runs:
+            return
+        k, key = self.trial_runs[trial_id]
+        value = None
+        if result and not error:
+            v = result.get(self.spec.metric)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                value = float(v)
+        self.configs[k].values[key] = value
+        self._tell_ready()
+
+    # -- internals --
+
+    def _tell_ready(self) -> None:
+        while self.next_to_tell < len(self.configs):
+            j = self.next_to_tell
+            cfg = self.configs[j]
+            asked_enough = (j + self.spec.pending - 1 < len(self.configs)
+                            or len(self.configs) >= self.spec.trials)
+            if not (cfg.complete and asked_enough):
+                return
+            cfg.value = aggregate(list(cfg.values.values()))
+            if cfg.value is None:
+                self.inner.on_trial_complete(f"config-{j}", None, error=True)
+            else:
+                self.inner.on_trial_complete(f"config-{j}", {self.spec.metric: cfg.value})
+            cfg.told = True
+            self.next_to_tell += 1
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self.__dict__, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            self.__dict__.update(pickle.load(fh))

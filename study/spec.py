@@ -1,0 +1,671 @@
+"""Study specs: YAML -> validated, frozen objects.
+
+Everything a user can get wrong is checked here, before Ray starts, and reported as a
+:class:`SpecError` whose message names the file, the field path, the bad value and what is
+allowed. This module imports no torch, Ray, Optuna or MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "KNOBS",
+    "DatasetSpec",
+    "Dist",
+    "Knob",
+    "SpecError",
+    "StudySpec",
+    "apply_overrides",
+    "load_spec",
+    "parse_spec",
+]
+
+
+class SpecError(ValueError):
+    """A study spec is invalid. The message names file, field, value and what is allowed."""
+
+
+# --------------------------------------------------------------------------------------
+# Knobs: every hyperparameter a run takes, with its type and allowed values. A knob can be
+# fixed (in `model:` or `train:`), searched (in `space:`) or compared (in `compare:`).
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    section: str  # "model" or "train"
+    kind: type  # bool, int, float or str
+    default: Any
+    doc: str
+    choices: tuple[str, ...] | None = None
+    low: float | None = None  # inclusive lower bound
+    high: float | None = None  # upper bound
+    high_inclusive: bool = True
+
+    def allowed(self) -> str:
+        if self.kind is bool:
+            return "true or false"
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        what = {int: "an integer", float: "a number"}[self.kind]
+        if self.low is not None and self.high is not None:
+            close = "]" if self.high_inclusive else ")"
+            return f"{what} in [{_fmt(self.low)}, {_fmt(self.high)}{close}"
+        if self.low is not None:
+            return f"{what} >= {_fmt(self.low)}"
+        return f"{what}" + (" (finite)" if self.kind is float else "")
+
+    def check(self, value: Any) -> Any:
+        """Return the value coerced to the knob's type, or raise ValueError (no context)."""
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if self.kind is str:
+            if not isinstance(value, str) or value not in (self.choices or ()):
+                raise ValueError
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError
+        if self.kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError
+        if self.low is not None and value < self.low:
+            raise ValueError
+        if self.high is not None and (
+            value > self.high or (not self.high_inclusive and value == self.high)
+        ):
+            raise ValueError
+        return value
+
+
+def _knobs(*knobs: Knob) -> dict[str, Knob]:
+    return {k.name: k for k in knobs}
+
+
+KNOBS: dict[str, Knob] = _knobs(
+    # --- model: the `cnn` family ---
+    Knob("depth", "model", int, 4, "number of 3x3 conv layers", low=1),
+    Knob("width", "model", int, 16, "channels of every conv layer", low=1),
+    Knob("bias", "model", bool, True, "conv layers have a bias"),
+    Knob("bias_init", "model", float, 0.0, "constant the conv biases start at"),
+    Knob("norm", "model", str, "none", "normalization after each conv", choices=("none", "batch")),
+    Knob("residual", "model", bool, False, "identity shortcut around each conv after the first"),
+    Knob("init", "model", str, "kaiming", "weight init", choices=("kaiming", "xavier", "default")),
+    Knob("pool", "model", str, "max", "2x2 downsampling between stages", choices=("max", "avg")),
+    Knob("fc_layers", "model", int, 0, "hidden fully connected layers before the classifier",
+         low=0),
+    Knob("fc_width", "model", int, 64, "units of each hidden fully connected layer", low=1),
+    Knob("fc_bias", "model", bool, True, "fully connected layers have a bias"),
+    Knob("fc_bias_init", "model", float, 0.0, "constant the fully connected biases start at"),
+    # --- train ---
+    Knob("epochs", "train", int, 10, "passes over the training split", low=1),
+    Knob("batch_size", "train", int, 64, "examples per step", low=1),
+    Knob("optimizer", "train", str, "sgd", "optimizer", choices=("sgd", "adam")),
+    Knob("lr", "train", float, 0.02, "learning rate", low=0.0),
+    Knob("momentum", "train", float, 0.9, "SGD momentum (Adam: beta1)", low=0.0, high=1.0,
+         high_inclusive=False),
+    Knob("weight_decay", "train", float, 0.0, "L2 weight decay", low=0.0),
+)
+
+MODELS = ("cnn",)
+DATASETS = ("digits", "synthetic", "npz", "idx", "fashion-mnist", "cifar10")
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+METRICS = {
+    "val_accuracy": "max",
+    "test_accuracy": "max",
+    "train_accuracy": "max",
+    "train_loss": "min",
+    "val_loss": "min",
+}
+SAMPLERS = ("tpe", "random", "qmc")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v)) if abs(v) < 1e15 else repr(v)
+    return str(v)
+
+
+# --------------------------------------------------------------------------------------
+# The validated spec
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    """One searched knob: an Optuna distribution, optionally conditional (`when`)."""
+
+    kind: str  # "choice", "int" or "float"
+    choices: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    step: float | None = None
+    log: bool = False
+    when: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            s = "choice " + ", ".join(_fmt(c) for c in self.choices)
+        else:
+            s = f"{self.kind} [{_fmt(self.low)}, {_fmt(self.high)}]"
+            if self.log:
+                s += " log"
+            if self.step is not None:
+                s += f" step {_fmt(self.step)}"
+        if self.when:
+            s += " when " + ", ".join(
+                f"{k} in {list(v)}" for k, v in self.when.items()
+            )
+        return s
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    path: str | None = None
+    val_fraction: float = 0.1  # of the training pool, held out for model selection
+    test_fraction: float = 0.2  # only for datasets without a predefined test split
+    split_seed: int = 0  # fixes the split, independent of the run seeds
+    limit: int | None = None  # keep at most this many training examples (quick studies)
+    # synthetic only
+    samples: int = 600
+    image_size: int = 8
+    channels: int = 1
+    classes: int = 10
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    question: str
+    dataset: DatasetSpec
+    model: str
+    fixed: Mapping[str, Any]  # every knob not searched or compared, with its value
+    space: Mapping[str, Dist]
+    compare_knob: str | None
+    compare_levels: tuple[Any, ...]
+    repeats: int
+    sampler: str
+    trials: int  # configurations Optuna proposes
+    seed: int  # sampler seed; run seeds are seed, seed + 1, ... (one per repeat)
+    startup_trials: int  # TPE: random configurations before the model-based ones
+    pending: int  # configurations proposed before earlier results are known (see searcher)
+    metric: str
+    mode: str
+    cpu: float
+    gpu: float
+    concurrency: int | None
+    retries: int
+    optuna_storage: str
+    tracking_uri: str
+    results_dir: str
+    source: str  # the file it came from (or "<dict>")
+    raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def levels(self) -> tuple[Any, ...]:
+        """The levels each configuration runs: the compared ones, or a single None."""
+        return self.compare_levels if self.compare_knob else (None,)
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(self.seed + r for r in range(self.repeats))
+
+    @property
+    def runs_per_config(self) -> int:
+        return len(self.levels) * self.repeats
+
+    @property
+    def total_runs(self) -> int:
+        return self.trials * self.runs_per_config
+
+    def summary(self) -> str:
+        lines = [
+            f"study {self.name!r} ({self.source})",
+            f"  question: {self.question}",
+            f"  dataset:  {self.dataset.name}"
+            + (f" ({self.dataset.path})" if self.dataset.path else ""),
+            f"  model:    {self.model}",
+        ]
+        if self.compare_knob:
+            lines.append(
+                f"  compare:  {self.compare_knob} = "
+                + " vs ".join(_fmt(v) for v in self.compare_levels)
+            )
+        for k, d in self.space.items():
+            lines.append(f"  search:   {k}: {d.describe()}")
+        fixed = ", ".join(f"{k}={_fmt(v)}" for k, v in self.fixed.items())
+        lines.append(f"  fixed:    {fixed}")
+        lines.append(
+            f"  runs:     {self.trials} configs x {len(self.levels)} levels x "
+            f"{self.repeats} seeds = {self.total_runs} training runs "
+            f"({self.sampler} sampler, seed {self.seed})"
+        )
+        lines.append(f"  metric:   {self.metric} ({self.mode})")
+        lines.append(f"  per run:  {_fmt(self.cpu)} cpu, {_fmt(self.gpu)} gpu")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# Reading raw YAML with errors that point at the field
+# --------------------------------------------------------------------------------------
+
+
+class _Ctx:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, value: Any, allowed: str, problem: str = "invalid value") -> None:
+        shown = _show(value)
+        raise SpecError(
+            f"{self.source}: field `{path}`: {problem}: {shown}. Allowed: {allowed}."
+        )
+
+    def mapping(self, path: str, value: Any, allowed_keys: Sequence[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(path, value, "a mapping with keys " + ", ".join(allowed_keys),
+                      "expected a mapping")
+        for k in value:
+            if k not in allowed_keys:
+                self.fail(f"{path}.{k}" if path else str(k), k,
+                          "keys " + ", ".join(allowed_keys), "unknown key")
+        return dict(value)
+
+    def integer(self, path: str, value: Any, low: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(path, value, "an integer" + (f" >= {low}" if low is not None else ""),
+                      "expected an integer")
+        if low is not None and value < low:
+            self.fail(path, value, f"an integer >= {low}")
+        return value
+
+    def number(self, path: str, value: Any, low: float | None = None,
+               high: float | None = None, low_open: bool = False) -> float:
+        desc = "a number"
+        if low is not None:
+            desc += f" {'>' if low_open else '>='} {_fmt(low)}"
+        if high is not None:
+            desc += f" and <= {_fmt(high)}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(path, value, desc, "expected a number")
+        v = float(value)
+        bad = not math.isfinite(v)
+        bad = bad or (low is not None and (v < low or (low_open and v == low)))
+        bad = bad or (high is not None and v > high)
+        if bad:
+            self.fail(path, value, desc)
+        return v
+
+    def string(self, path: str, value: Any, choices: Sequence[str] | None = None) -> str:
+        allowed = "one of " + ", ".join(repr(c) for c in choices) if choices else "a string"
+        if not isinstance(value, str) or not value.strip():
+            self.fail(path, value, allowed, "expected a non-empty string")
+        if choices is not None and value not in choices:
+            self.fail(path, value, allowed)
+        return value
+
+    def knob_value(self, path: str, knob: Knob, value: Any) -> Any:
+        try:
+            return knob.check(value)
+        except ValueError:
+            self.fail(path, value, f"{knob.name} ({knob.doc}) takes {knob.allowed()}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _show(value: Any) -> str:
+    s = repr(value)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+_TOP_KEYS = (
+    "name", "question", "dataset", "model", "train", "space", "compare", "repeats",
+    "search", "metric", "resources", "execution", "storage",
+)
+
+
+def load_spec(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None,
+              ) -> StudySpec:
+    """Load and validate a study spec from a YAML file.
+
+    Args:
+        path: the YAML file.
+        overrides: dotted keys to replace before validation, e.g. ``{"search.trials": 2}``.
+
+    Raises:
+        SpecError: naming the file, field, value and what is allowed.
+    """
+    p = Path(path)
+    source = str(path)
+    if not p.is_file():
+        raise SpecError(f"{source}: no such spec file. Bundled specs: "
+                        + ", ".join(sorted(str(s) for s in _bundled_specs())) + ".")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"{source}: not valid YAML: {e}") from None
+    return parse_spec(raw, source=source, overrides=overrides)
+
+
+def _bundled_specs() -> list[Path]:
+    here = Path(__file__).resolve().parent.parent / "search_spaces"
+    return sorted(here.glob("*.yaml")) if here.is_dir() else []
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any], source: str,
+                    ) -> dict[str, Any]:
+    """Return a copy of `raw` with dotted-key overrides applied (values as YAML scalars)."""
+    out: dict[str, Any] = _deepcopy(raw)
+    for dotted, value in overrides.items():
+        if isinstance(value, str):
+            with contextlib.suppress(yaml.YAMLError):
+                value = yaml.safe_load(value) if value != "" else value
+        keys = [k for k in str(dotted).split(".")]
+        if not all(keys):
+            raise SpecError(f"{source}: override `{dotted}`: empty key in the dotted path.")
+        node = out
+        for i, k in enumerate(keys[:-1]):
+            nxt = node.get(k)
+            if nxt is None or isinstance(nxt, str) and k in ("model", "dataset"):
+                # `model: cnn` / `dataset: digits` shorthand grows into a mapping
+                nxt = {"name": nxt} if isinstance(nxt, str) else {}
+                node[k] = nxt
+            elif not isinstance(nxt, dict):
+                raise SpecError(
+                    f"{source}: override `{dotted}`: `{'.'.join(keys[:i + 1])}` is "
+                    f"{_show(nxt)}, not a mapping, so it has no key `{keys[i + 1]}`.")
+            node = nxt
+        node[keys[-1]] = value
+    return out
+
+
+def _deepcopy(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {k: _deepcopy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_deepcopy(v) for v in x]
+    return x
+
+
+def parse_spec(raw: Any, *, source: str = "<dict>",
+               overrides: Mapping[str, Any] | None = None) -> StudySpec:
+    """Validate a raw (YAML-loaded) spec. See :func:`load_spec`."""
+    c = _Ctx(source)
+    if not isinstance(raw, Mapping):
+        c.fail("(top level)", raw, "a mapping with keys " + ", ".join(_TOP_KEYS),
+               "expected a mapping")
+    if overrides:
+        raw = apply_overrides(raw, overrides, source)
+    top = c.mapping("", raw, _TOP_KEYS)
+    for required in ("name", "question"):
+        if required not in top:
+            c.fail(required, None, "a non-empty string", "missing required field")
+
+    name = c.string("name", top["name"])
+    if not _NAME_RE.match(name):
+        c.fail("name", name, "letters, digits, '.', '_' and '-', starting with a letter or "
+               "digit, at most 100 characters")
+    question = c.string("question", top["question"])
+    dataset = _parse_dataset(c, top.get("dataset", "digits"))
+
+    # model: `cnn` or {name: cnn, <fixed model knobs>}
+    model_raw = top.get("model", "cnn")
+    model_knobs = [k.name for k in KNOBS.values() if k.section == "model"]
+    if isinstance(model_raw, str):
+        model_raw = {"name": model_raw}
+    model_map = c.mapping("model", model_raw, ["name", *model_knobs])
+    model = c.string("model.name", model_map.pop("name", "cnn"), MODELS)
+    train_knobs = [k.name for k in KNOBS.values() if k.section == "train"]
+    train_map = c.mapping("train", top.get("train"), train_knobs)
+
+    fixed: dict[str, Any] = {k.name: k.default for k in KNOBS.values()}
+    fixed_from: dict[str, str] = {}
+    for section, m in (("model", model_map), ("train", train_map)):
+        for k, v in m.items():
+            fixed[k] = c.knob_value(f"{section}.{k}", KNOBS[k], v)
+            fixed_from[k] = f"{section}.{k}"
+
+    # compare: {knob: [level, level, ...]}
+    compare_knob: str | None = None
+    compare_levels: tuple[Any, ...] = ()
+    comp = top.get("compare")
+    if comp is not None:
+        comp_map = c.mapping("compare", comp, list(KNOBS))
+        if len(comp_map) != 1:
+            c.fail("compare", comp, "exactly one knob with a list of at least two levels, "
+                   "e.g. {bias: [true, false]}")
+        compare_knob, levels = next(iter(comp_map.items()))
+        path = f"compare.{compare_knob}"
+        if not isinstance(levels, list) or len(levels) < 2:
+            c.fail(path, levels, "a list of at least two distinct levels")
+        checked = [c.knob_value(f"{path}[{i}]", KNOBS[compare_knob], v)
+                   for i, v in enumerate(levels)]
+        if len(set(map(repr, checked))) != len(checked):
+            c.fail(path, levels, "distinct levels (a level is repeated)")
+        if compare_knob in fixed_from:
+            c.fail(fixed_from[compare_knob], fixed[compare_knob],
+                   f"a knob set in one place only: {compare_knob} is also compared "
+                   f"in `{path}`", "set twice")
+        compare_levels = tuple(checked)
+
+    space = _parse_space(c, top.get("space"), fixed_from, compare_knob)
+    for k in space:
+        fixed.pop(k, None)
+    if compare_knob:
+        fixed.pop(compare_knob, None)
+
+    repeats = c.integer("repeats", top.get("repeats", 1), low=1)
+
+    search = c.mapping("search", top.get("search"),
+                       ["sampler", "trials", "seed", "startup_trials", "pending"])
+    sampler = c.string("search.sampler", search.get("sampler", "tpe"), SAMPLERS)
+    trials = c.integer("search.trials", search.get("trials", 8 if space else 1), low=1)
+    seed = c.integer("search.seed", search.get("seed", 0), low=0)
+    startup_trials = c.integer("search.startup_trials", search.get("startup_trials", 10), 1)
+    pending = c.integer("search.pending", search.get("pending", 4), low=1)
+    if not space and trials > 1:
+        c.fail("search.trials", trials, "1 when `space` is empty (nothing to search: "
+               "use `repeats` for more seeds)")
+
+    metric_raw = top.get("metric", "val_accuracy")
+    if isinstance(metric_raw, str):
+        metric_raw = {"name": metric_raw}
+    metric_map = c.mapping("metric", metric_raw, ["name", "mode"])
+    metric = c.string("metric.name", metric_map.get("name", "val_accuracy"), list(METRICS))
+    mode = c.string("metric.mode", metric_map.get("mode", METRICS[metric]), ["max", "min"])
+
+    res = c.mapping("resources", top.get("resources"), ["cpu", "gpu"])
+    cpu = c.number("resources.cpu", res.get("cpu", 1), low=0.0, low_open=True)
+    gpu = c.number("resources.gpu", res.get("gpu", 0), low=0.0)
+    if gpu > 1 and not gpu.is_integer():
+        c.fail("resources.gpu", res.get("gpu"), "a fraction in (0, 1] or a whole number of "
+               "GPUs")
+
+    ex = c.mapping("execution", top.get("execution"), ["concurrency", "retries"])
+    conc_raw = ex.get("concurrency")
+    concurrency = None if conc_raw is None else c.integer("execution.concurrency", conc_raw, 1)
+    retries = c.integer("execution.retries", ex.get("retries", 2), low=0)
+
+    st = c.mapping("storage", top.get("storage"), ["optuna", "tracking", "results"])
+    optuna_storage = st.get("optuna") or os.environ.get("STUDY_OPTUNA_STORAGE") \
+        or "sqlite:///optuna.db"
+    optuna_storage = c.string("storage.optuna", optuna_storage)
+    if "://" not in optuna_storage:
+        c.fail("storage.optuna", optuna_storage, "an SQLAlchemy URL such as "
+               "sqlite:///optuna.db or postgresql://user:pw@host/db")
+    tracking_uri = st.get("tracking") or os.environ.get("MLFLOW_TRACKING_URI") \
+        or "sqlite:///mlflow.db"
+    tracking_uri = c.string("storage.tracking", tracking_uri)
+    results_dir = c.string("storage.results", st.get("results")
+                           or os.environ.get("STUDY_RESULTS_DIR") or "study_results")
+
+    return StudySpec(
+        name=name, question=question, dataset=dataset, model=model, fixed=fixed,
+        space=space, compare_knob=compare_knob, compare_levels=compare_levels,
+        repeats=repeats, sampler=sampler, trials=trials, seed=seed,
+        startup_trials=startup_trials, pending=pending, metric=metric,
+        mode=mode, cpu=cpu, gpu=gpu, concurrency=concurrency, retries=retries,
+        optuna_storage=optuna_storage, tracking_uri=tracking_uri, results_dir=results_dir,
+        source=source, raw=_deepcopy(raw),
+    )
+
+
+_DATASET_KEYS = ("name", "path", "val_fraction", "test_fraction", "split_seed", "limit",
+                 "samples", "image_size", "channels", "classes")
+
+
+def _parse_dataset(c: _Ctx, value: Any) -> DatasetSpec:
+    if isinstance(value, str):
+        name, _, path = value.partition(":")
+        value = {"name": name} | ({"path": path} if path else {})
+    d = c.mapping("dataset", value, _DATASET_KEYS)
+    name = c.string("dataset.name", d.get("name", "digits"), DATASETS)
+    path = d.get("path")
+    if path is not None:
+        path = c.string("dataset.path", path)
+    if name == "fashion-mnist":
+        name, path = "idx", path or FASHION_MNIST_DIR
+        if not Path(path).is_dir():
+            c.fail("dataset.path", path, "a folder with Fashion-MNIST's IDX files (on Debian "
+                   "or Ubuntu: `apt-get install dataset-fashion-mnist` puts them in "
+                   f"{FASHION_MNIST_DIR}; or download them from "
+                   "github.com/zalandoresearch/fashion-mnist)", "no such folder")
+    if name in ("npz", "idx", "cifar10") and path is None:
+        hint = {
+            "npz": "a .npz file with arrays x_train, y_train, x_test, y_test: "
+                   "`dataset: npz:PATH`",
+            "idx": "a folder of MNIST-format IDX files: `dataset: idx:DIR`",
+            "cifar10": "the folder `cifar-10-batches-py` (python version from "
+                       "www.cs.toronto.edu/~kriz/cifar.html, unpacked): `dataset: cifar10:DIR`",
+        }[name]
+        c.fail("dataset.path", None, hint, "missing path")
+    if path is not None and name != "synthetic":
+        from study import data_formats  # light: numpy only
+
+        problem = data_formats.check_path(name, path)
+        if problem:
+            c.fail("dataset.path", path, problem, "unusable dataset path")
+    limit = d.get("limit")
+    return DatasetSpec(
+        name=name,
+        path=path,
+        val_fraction=c.number("dataset.val_fraction", d.get("val_fraction", 0.1), 0.0, 0.9),
+        test_fraction=c.number("dataset.test_fraction", d.get("test_fraction", 0.2),
+                               0.0, 0.9, low_open=True),
+        split_seed=c.integer("dataset.split_seed", d.get("split_seed", 0), low=0),
+        limit=None if limit is None else c.integer("dataset.limit", limit, low=10),
+        samples=c.integer("dataset.samples", d.get("samples", 600), low=20),
+        image_size=c.integer("dataset.image_size", d.get("image_size", 8), low=1),
+        channels=c.integer("dataset.channels", d.get("channels", 1), low=1),
+        classes=c.integer("dataset.classes", d.get("classes", 10), low=2),
+    )
+
+
+def _parse_space(c: _Ctx, value: Any, fixed_from: Mapping[str, str],
+                 compare_knob: str | None) -> dict[str, Dist]:
+    space_map = c.mapping("space", value, list(KNOBS))
+    out: dict[str, Dist] = {}
+    forms = "{choice: [a, b, ...]}, {int: [low, high]}, {float: [low, high]} or {log: [low, high]}"
+    for k, spec in space_map.items():
+        knob = KNOBS[k]
+        path = f"space.{k}"
+        if k in fixed_from:
+            c.fail(fixed_from[k], spec, f"a knob set in one place only: {k} is also searched "
+                   f"in `{path}`", "set twice")
+        if k == compare_knob:
+            c.fail(path, spec, f"a knob that is not also compared (`compare.{k}`)", "set twice")
+        m = c.mapping(path, spec, ["choice", "int", "float", "log", "step", "when"])
+        kinds = [f for f in ("choice", "int", "float", "log") if f in m]
+        if len(kinds) != 1:
+            c.fail(path, spec, f"exactly one of {forms}")
+        form = kinds[0]
+        when = _parse_when(c, f"{path}.when", m.get("when"), k)
+        if form == "choice":
+            ch = m["choice"]
+            if not isinstance(ch, list) or not ch:
+                c.fail(f"{path}.choice", ch, f"a non-empty list of values; {k} takes "
+                       f"{knob.allowed()}", "empty or not a list")
+            vals = tuple(c.knob_value(f"{path}.choice[{i}]", knob, v) for i, v in enumerate(ch))
+            if len(set(map(repr, vals))) != len(vals):
+                c.fail(f"{path}.choice", ch, "distinct values (a value is repeated)")
+            if "step" in m:
+                c.fail(f"{path}.step", m["step"], "`step` only with int or float ranges",
+                       "unknown key")
+            out[k] = Dist("choice", choices=vals, when=when)
+            continue
+        if knob.kind not in (int, float):
+            c.fail(path, spec, f"{{choice: [...]}}: {k} takes {knob.allowed()}",
+                   f"a range does not fit a {knob.kind.__name__} knob")
+        rng = m[form]
+        if not (isinstance(rng, list) and len(rng) == 2):
+            c.fail(f"{path}.{form}", rng, "a list [low, high]")
+        lo = c.knob_value(f"{path}.{form}[0]", knob, rng[0])
+        hi = c.knob_value(f"{path}.{form}[1]", knob, rng[1])
+        if lo > hi:
+            c.fail(f"{path}.{form}", rng, f"low <= high (low={_fmt(lo)}, high={_fmt(hi)})",
+                   "low > high")
+        log = form == "log"
+        if log and lo <= 0:
+            c.fail(f"{path}.log", rng, "a range with low > 0 for a log scale")
+        kind = "int" if knob.kind is int else "float"
+        if form == "int" and knob.kind is float:
+            c.fail(path, spec, f"{{float: [low, high]}} or {{log: [low, high]}}: {k} is a number",
+                   "an int range for a float knob")
+        if form == "float" and knob.kind is int:
+            c.fail(path, spec, f"{{int: [low, high]}}: {k} is an integer",
+                   "a float range for an integer knob")
+        step = m.get("step")
+        if step is not None:
+            step = c.number(f"{path}.step", step, low=0.0, low_open=True)
+            if log:
+                c.fail(f"{path}.step", step, "no step with a log range", "conflict")
+            if kind == "int" and not float(step).is_integer():
+                c.fail(f"{path}.step", step, "a whole number for an integer knob")
+        out[k] = Dist(kind, low=lo, high=hi, step=step, log=log, when=when)
+    for k, d in out.items():
+        for cond in d.when:
+            if cond in out and out[cond].when:
+                c.fail(f"space.{k}.when.{cond}", dict(d.when), "a condition on a knob that is "
+                       "itself unconditional (no chains of `when`)")
+            if cond not in out and cond != compare_knob:
+                c.fail(f"space.{k}.when.{cond}", cond, "a knob that is searched in `space` or "
+                       f"compared; searched: {', '.join(out) or 'none'}",
+                       "condition on a knob that is neither searched nor compared")
+    return out
+
+
+def _parse_when(c: _Ctx, path: str, value: Any, knob_name: str) -> dict[str, tuple[Any, ...]]:
+    if value is None:
+        return {}
+    m = c.mapping(path, value, [k for k in KNOBS if k != knob_name])
+    out = {}
+    for k, v in m.items():
+        vals = v if isinstance(v, list) else [v]
+        if not vals:
+            c.fail(f"{path}.{k}", v, "a value or a non-empty list of values")
+        out[k] = tuple(c.knob_value(f"{path}.{k}", KNOBS[k], x) for x in vals)
+    return out

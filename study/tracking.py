@@ -1,0 +1,218 @@
+"""MLflow layout for a study, written from the driver, in batches, off the hot path.
+
+One experiment per study, one parent run per execution, one nested child run per training
+run. :class:`MlflowWriter` queues every write and a background thread sends them in
+batches (``log_batch``); a write that fails (server down) stays queued and is retried, so
+nothing is lost while the process lives. No Ray import here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MlflowWriter", "TrackingError", "check_tracking_uri"]
+
+MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_CHARS = 6000
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used (unreachable server, bad URI)."""
+
+
+@dataclass
+class _Op:
+    kind: str  # "create", "metrics", "tags", "end"
+    key: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast, with a clear message, when the tracking store cannot be reached."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:  # mlflow raises many types; all mean "unusable"
+        raise TrackingError(
+            f"MLflow tracking store {uri!r} is not usable: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}. Set MLFLOW_TRACKING_URI or "
+            "`storage.tracking` to a reachable server or an sqlite:/// path.") from None
+
+
+def _str(v: Any) -> str:
+    s = v if isinstance(v, str) else repr(v) if isinstance(v, float) else str(v)
+    return s[:MAX_PARAM_CHARS]
+
+
+class MlflowWriter:
+    """Queue MLflow writes for a parent run and its children; send them from a thread."""
+
+    def __init__(self, tracking_uri: str, experiment: str, *, parent_name: str,
+                 parent_tags: Mapping[str, Any], parent_params: Mapping[str, Any],
+                 parent_run_id: str | None = None, flush_seconds: float = 1.0) -> None:
+        from mlflow.entities import Param, RunTag
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+            experiment)
+        if parent_run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=parent_name,
+                                         tags={k: _str(v) for k, v in parent_tags.items()})
+            self.parent_run_id = run.info.run_id
+            params = [Param(k, _str(v)) for k, v in parent_params.items()]
+            for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
+                self.client.log_batch(self.parent_run_id,
+                                      params=params[i: i + MAX_PARAMS_PER_BATCH])
+        else:
+            self.parent_run_id = parent_run_id
+            self.client.log_batch(parent_run_id, tags=[RunTag(k, _str(v))
+                                                        for k, v in parent_tags.items()])
+        self.child_ids: dict[str, str] = {}
+        self._ops: deque[_Op] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._flush_seconds = flush_seconds
+        self._failures = 0
+        self._thread = threading.Thread(target=self._loop, name="study-mlflow", daemon=True)
+        self._thread.start()
+
+    # ---- producer side (called from Tune callbacks; never blocks on I/O) ----
+
+    def start_child(self, key: str, *, name: str, params: Mapping[str, Any],
+                    tags: Mapping[str, Any]) -> None:
+        self._put(_Op("create", key, {"name": name, "params": dict(params),
+                                      "tags": dict(tags)}))
+
+    def log_metrics(self, key: str, metrics: Mapping[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        self._put(_Op("metrics", key, {"metrics": dict(metrics), "step": step, "ts": ts}))
+
+    def set_tags(self, key: str, tags: Mapping[str, Any]) -> None:
+        self._put(_Op("tags", key, {"tags": dict(tags)}))
+
+    def end_child(self, key: str, status: str) -> None:
+        """status: FINISHED, FAILED or KILLED."""
+        self._put(_Op("end", key, {"status": status}))
+
+    def _put(self, op: _Op) -> None:
+        with self._lock:
+            self._ops.append(op)
+
+    # ---- consumer side ----
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Send everything queued; True if the queue emptied within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not self._ops:
+                    return True
+            if time.monotonic() > deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.05)
+
+    def close(self, status: str = "FINISHED", tags: Mapping[str, Any] | None = None,
+              timeout: float = 120.0) -> bool:
+        """Flush, tag and end the parent run; returns False if writes were left unsent."""
+        if tags:
+            self._put(_Op("tags", "", {"tags": dict(tags)}))
+        ok = self.flush(timeout)
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+        if ok:
+            try:
+                self.client.set_terminated(self.parent_run_id, status)
+            except Exception as e:
+                logger.error("could not end the MLflow parent run: %s", e)
+                ok = False
+        else:
+            with self._lock:
+                left = len(self._ops)
+            logger.error("MLflow: %d writes could not be sent to %s", left, self.tracking_uri)
+        return ok
+
+    def _loop(self) -> None:
+        while not self._stop:
+            self._wake.wait(self._flush_seconds)
+            self._wake.clear()
+            try:
+                self._drain()
+                self._failures = 0
+            except Exception as e:
+                self._failures += 1
+                if self._failures in (1, 10) or self._failures % 100 == 0:
+                    logger.warning("MLflow write failed (%s: %s); kept queued, retrying",
+                                   type(e).__name__, e)
+                time.sleep(min(30.0, 0.5 * 2 ** min(self._failures, 6)))
+
+    def _drain(self) -> None:
+        from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+        while True:
+            with self._lock:
+                if not self._ops:
+                    return
+                op = self._ops[0]
+                batch: list[_Op] = [op]
+                if op.kind == "metrics":  # coalesce a run of metric ops into one batch
+                    n = len(op.payload["metrics"])
+                    for nxt in list(self._ops)[1:]:
+                        if nxt.kind != "metrics" or n + len(nxt.payload["metrics"]) > \
+                                MAX_METRICS_PER_BATCH:
+                            break
+                        batch.append(nxt)
+                        n += len(nxt.payload["metrics"])
+            if op.kind == "create":
+                if op.key not in self.child_ids:
+                    tags = {"mlflow.parentRunId": self.parent_run_id, **op.payload["tags"]}
+                    run = self.client.create_run(
+                        self.experiment_id, run_name=op.payload["name"],
+                        tags={k: _str(v) for k, v in tags.items()})
+                    self.child_ids[op.key] = run.info.run_id
+                run_id = self.child_ids[op.key]
+                params = [Param(k, _str(v)) for k, v in op.payload["params"].items()]
+                for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
+                    self.client.log_batch(run_id, params=params[i: i + MAX_PARAMS_PER_BATCH])
+            elif op.kind == "metrics":
+                per_run: dict[str, list[Metric]] = {}
+                for m in batch:
+                    run_id = self.child_ids.get(m.key)
+                    if run_id is None:
+                        raise RuntimeError(f"metrics for unknown run {m.key!r}")
+                    per_run.setdefault(run_id, []).extend(
+                        Metric(k, float(v), m.payload["ts"], m.payload["step"])
+                        for k, v in m.payload["metrics"].items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool))
+                for run_id, metrics in per_run.items():
+                    self.client.log_batch(run_id, metrics=metrics)
+            elif op.kind == "tags":
+                run_id = self.child_ids.get(op.key) if op.key else self.parent_run_id
+                if run_id is None:
+                    raise RuntimeError(f"tags for unknown run {op.key!r}")
+                self.client.log_batch(run_id, tags=[RunTag(k, _str(v))
+                                                    for k, v in op.payload["tags"].items()])
+            elif op.kind == "end":
+                run_id = self.child_ids.get(op.key)
+                if run_id is None:
+                    raise RuntimeError(f"end for unknown run {op.key!r}")
+                self.client.set_terminated(run_id, RunStatus.to_string(
+                    RunStatus.from_string(op.payload["status"])))
+            with self._lock:
+                for _ in batch:
+                    self._ops.popleft()
