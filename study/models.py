@@ -82,10 +82,12 @@ def build_model(run: Mapping[str, Any], input_shape: tuple[int, int, int],
                 num_classes: int) -> CNN:
     """Build and initialise the model a run describes (on the CPU)."""
     c, h, w = input_shape
-    model = CNN(in_channels=c, image_size=min(h, w), num_classes=num_classes,
-                depth=run["depth"], width=run["width"], bias=run["bias"], norm=run["norm"],
-                residual=run["residual"], pool=run["pool"], fc_layers=run["fc_layers"],
-                fc_width=run["fc_width"], fc_bias=run["fc_bias"])
+    # nn.Conv2d/nn.Linear draw throwaway defaults from the global RNG: keep it untouched.
+    with torch.random.fork_rng(devices=[]):
+        model = CNN(in_channels=c, image_size=min(h, w), num_classes=num_classes,
+                    depth=run["depth"], width=run["width"], bias=run["bias"], norm=run["norm"],
+                    residual=run["residual"], pool=run["pool"], fc_layers=run["fc_layers"],
+                    fc_width=run["fc_width"], fc_bias=run["fc_bias"])
     init_parameters(model, seed=run["seed"], init=run["init"], bias_init=run["bias_init"],
                     fc_bias_init=run["fc_bias_init"])
     return model

@@ -472,7 +472,7 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
                    f"in `{path}`", "set twice")
         compare_levels = tuple(checked)
 
-    space = _parse_space(c, top.get("space"), fixed_from, compare_knob)
+    space = _parse_space(c, top.get("space"), fixed_from, compare_knob, fixed.get)
     for k in space:
         fixed.pop(k, None)
     if compare_knob:
@@ -586,7 +586,7 @@ def _parse_dataset(c: _Ctx, value: Any) -> DatasetSpec:
 
 
 def _parse_space(c: _Ctx, value: Any, fixed_from: Mapping[str, str],
-                 compare_knob: str | None) -> dict[str, Dist]:
+                 compare_knob: str | None, fixed_value: Any) -> dict[str, Dist]:
     space_map = c.mapping("space", value, list(KNOBS))
     out: dict[str, Dist] = {}
     forms = "{choice: [a, b, ...]}, {int: [low, high]}, {float: [low, high]} or {log: [low, high]}"
@@ -594,7 +594,8 @@ def _parse_space(c: _Ctx, value: Any, fixed_from: Mapping[str, str],
         knob = KNOBS[k]
         path = f"space.{k}"
         if k in fixed_from:
-            c.fail(fixed_from[k], spec, f"a knob set in one place only: {k} is also searched "
+            c.fail(fixed_from[k], fixed_value(k), f"a knob set in one place only: {k} is also "
+                   "searched "
                    f"in `{path}`", "set twice")
         if k == compare_knob:
             c.fail(path, spec, f"a knob that is not also compared (`compare.{k}`)", "set twice")

@@ -2,7 +2,8 @@
 
 The loop keeps data on the device, draws the mini-batch order from its own seeded
 generator (so the arms of a pair see the same batches), and never syncs with the device
-inside an epoch. A run whose epoch loss is NaN or infinite stops and is `diverged`.
+inside an epoch. A run whose epoch loss is NaN or infinite, or more than DIVERGED_FACTOR
+times the loss of a uniform guess (ln of the number of classes), stops and is `diverged`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = ["RunOutcome", "evaluate", "train_run"]
 
 BATCH_ORDER_SEED_OFFSET = 7_919  # batch-order generator seed = run seed + this
 EVAL_BATCH = 2048  # examples per forward pass when evaluating
+DIVERGED_FACTOR = 100.0  # epoch mean cross-entropy above this x ln(classes): diverged
 
 
 @dataclass
@@ -123,7 +125,8 @@ def train_run(run: Mapping[str, Any], data: TensorData, *, device: str | torch.d
         }
         out.history.append(metrics)
         out.epochs = epoch
-        if not math.isfinite(train_loss):
+        if not math.isfinite(train_loss) or train_loss > DIVERGED_FACTOR * math.log(
+                max(data.num_classes, 2)):
             out.status = "diverged"
         if on_epoch is not None:
             on_epoch(metrics, out)

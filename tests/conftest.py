@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "search_spaces"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in a fresh folder: SQLite stores and results land there, env defaults cleared."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "STUDY_OPTUNA_STORAGE", "STUDY_RESULTS_DIR",
+                "RAY_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray instance for the session's end-to-end tests (2 CPUs)."""
+    import ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    # Fault injection for the crash test is read by the workers from their environment.
+    os.environ["STUDY_INJECT_FAILURE"] = "c001-s0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def tiny_spec(**over) -> dict:
+    """A raw spec of a few seconds: synthetic 8x8 data, 2 epochs."""
+    raw = {
+        "name": "tiny",
+        "question": "Does the conv bias matter on a tiny synthetic problem?",
+        "dataset": {"name": "synthetic", "samples": 200},
+        "model": {"name": "cnn", "width": 4, "norm": "batch"},
+        "compare": {"bias": [True, False]},
+        "repeats": 1,
+        "space": {"depth": {"int": [1, 3]}, "lr": {"log": [0.01, 0.1]}},
+        "search": {"sampler": "tpe", "trials": 2, "seed": 3},
+        "train": {"epochs": 2, "batch_size": 32},
+    }
+    raw.update(over)
+    return raw

@@ -1,0 +1,186 @@
+"""Spec validation: every class of user error gets a clear message, before anything runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from study.spec import KNOBS, SpecError, load_spec, parse_spec
+from tests.conftest import SPECS, tiny_spec
+
+
+def write(tmp_path: Path, raw: object, name: str = "s.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(raw) if not isinstance(raw, str) else raw)
+    return p
+
+
+def error_of(tmp_path: Path, raw: object) -> str:
+    p = write(tmp_path, raw)
+    with pytest.raises(SpecError) as ei:
+        load_spec(p)
+    msg = str(ei.value)
+    assert msg.startswith(str(p)), msg  # always names the file
+    assert "\n" not in msg.strip() or len(msg.splitlines()) <= 3, msg  # one paragraph
+    return msg
+
+
+def test_bundled_specs_are_valid():
+    paths = sorted(SPECS.glob("*.yaml"))
+    assert paths
+    for p in paths:
+        s = load_spec(p)
+        assert s.total_runs == s.trials * len(s.levels) * s.repeats
+
+
+def test_defaults_fill_every_knob():
+    s = parse_spec(tiny_spec())
+    assert set(s.fixed) | set(s.space) | {s.compare_knob} == set(KNOBS)
+    assert s.fixed["width"] == 4 and s.fixed["epochs"] == 2
+    assert s.seeds == (3,) and s.levels == (True, False) and s.total_runs == 4
+
+
+def test_unknown_top_level_key(tmp_path):
+    msg = error_of(tmp_path, tiny_spec(trails=3))
+    assert "field `trails`" in msg and "unknown key" in msg and "search" in msg
+
+
+def test_unknown_nested_key_lists_allowed(tmp_path):
+    msg = error_of(tmp_path, tiny_spec(train={"epochs": 2, "lrate": 0.1}))
+    assert "`train.lrate`" in msg and "unknown key" in msg and "lr" in msg
+
+
+def test_wrong_type(tmp_path):
+    msg = error_of(tmp_path, tiny_spec(repeats="three"))
+    assert "`repeats`" in msg and "'three'" in msg and "integer" in msg
+    msg = error_of(tmp_path, tiny_spec(train={"lr": "fast"}))
+    assert "`train.lr`" in msg and "'fast'" in msg and "number" in msg
+    msg = error_of(tmp_path, tiny_spec(model={"name": "cnn", "bias": "yes"}))
+    assert "`model.bias`" in msg and "true or false" in msg
+
+
+def test_empty_choices(tmp_path):
+    msg = error_of(tmp_path, tiny_spec(space={"fc_width": {"choice": []}}))
+    assert "`space.fc_width.choice`" in msg and "[]" in msg and "non-empty list" in msg
+
+
+def test_low_greater_than_high(tmp_path):
+    msg = error_of(tmp_path, tiny_spec(space={"depth": {"int": [8, 2]}}))
+    assert "`space.depth.int`" in msg and "[8, 2]" in msg and "low <= high" in msg
+    msg = error_of(tmp_path, tiny_spec(space={"lr": {"log": [0.1, 0.001]}}))
+    assert "`space.lr.log`" in msg and "low > high" in msg
+
+
+def test_unknown_dataset(tmp_path):
+    msg = error_of(tmp_path, tiny_spec(dataset="imagenet"))
+    assert "`dataset.name`" in msg and "'imagenet'" in msg and "digits" in msg \
+        and "cifar10" in msg
+
+
+def test_unknown_model(tmp_path):
+    msg = error_of(tmp_path, tiny_spec(model="resnet50"))
+    assert "`model.name`" in msg and "'resnet50'" in msg and "'cnn'" in msg
+
+
+@pytest.mark.parametrize("raw_over, field", [
+    ({"model": {"name": "cnn", "depth": 0}}, "model.depth"),
+    ({"model": {"name": "cnn", "width": -3}}, "model.width"),
+    ({"space": {"depth": {"int": [0, 4]}}}, "space.depth.int[0]"),
+    ({"space": {"width": {"choice": [8, 0]}}, "model": "cnn"}, "space.width.choice[1]"),
+])
+def test_depth_or_width_below_one(tmp_path, raw_over, field):
+    msg = error_of(tmp_path, tiny_spec(**raw_over))
+    assert f"`{field}`" in msg and ">= 1" in msg
+
+
+def test_compare_and_space_conflicts(tmp_path):
+    msg = error_of(tmp_path, tiny_spec(space={"width": {"choice": [8, 16]}}))
+    assert "`model.width`" in msg and "set twice" in msg and ": 4." in msg
+    msg = error_of(tmp_path, tiny_spec(model={"name": "cnn", "bias": False}))
+    assert "set twice" in msg and "compare.bias" in msg
+    msg = error_of(tmp_path, tiny_spec(compare={"bias": [True]}))
+    assert "at least two" in msg
+    msg = error_of(tmp_path, tiny_spec(compare={"bias": [True, False], "norm": ["batch"]}))
+    assert "exactly one knob" in msg
+
+
+def test_condition_must_name_a_searched_or_compared_knob(tmp_path):
+    msg = error_of(tmp_path, tiny_spec(space={"bias_init": {"choice": [0.0, 1.0],
+                                                            "when": {"residual": True}}}))
+    assert "`space.bias_init.when.residual`" in msg
+    ok = parse_spec(tiny_spec(space={"bias_init": {"choice": [0.0, 1.0],
+                                                   "when": {"bias": True}}}))
+    assert ok.space["bias_init"].when == {"bias": (True,)}
+
+
+def test_range_kind_must_fit_knob(tmp_path):
+    msg = error_of(tmp_path, tiny_spec(space={"pool": {"int": [0, 1]}}))
+    assert "`space.pool`" in msg and "choice" in msg
+    msg = error_of(tmp_path, tiny_spec(space={"depth": {"float": [1, 3]}}))
+    assert "integer" in msg
+
+
+def test_dataset_paths_checked(tmp_path):
+    msg = error_of(tmp_path, tiny_spec(dataset="npz:/nonexistent/x.npz"))
+    assert "`dataset.path`" in msg and "x_train" in msg
+    msg = error_of(tmp_path, tiny_spec(dataset=f"cifar10:{tmp_path}"))
+    assert "cifar-10-python.tar.gz" in msg and "data_batch_1" in msg
+    msg = error_of(tmp_path, tiny_spec(dataset="cifar10"))
+    assert "missing path" in msg and "cifar-10-batches-py" in msg
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x_train=np.zeros((2, 8, 8)))
+    msg = error_of(tmp_path, tiny_spec(dataset=f"npz:{bad}"))
+    assert "missing: y_train, x_test, y_test" in msg
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(SpecError, match="no such spec file"):
+        load_spec(tmp_path / "nope.yaml")
+    p = write(tmp_path, "name: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(p)
+    msg = error_of(tmp_path, ["a", "list"])
+    assert "expected a mapping" in msg
+
+
+def test_overrides(tmp_path):
+    p = write(tmp_path, tiny_spec())
+    s = load_spec(p, overrides={"search.trials": "5", "train.epochs": 1, "model.fc_width": "7",
+                                "dataset.samples": "100"})
+    assert s.trials == 5 and s.fixed["epochs"] == 1 and s.dataset.samples == 100
+    assert s.fixed["fc_width"] == 7
+    with pytest.raises(SpecError, match="`search.trails`"):
+        load_spec(p, overrides={"search.trails": 2})
+    with pytest.raises(SpecError, match="not a mapping"):
+        load_spec(p, overrides={"repeats.x": 2})
+
+
+def test_gpu_field_validated(tmp_path):
+    msg = error_of(tmp_path, tiny_spec(resources={"cpu": 1, "gpu": 1.5}))
+    assert "`resources.gpu`" in msg and "fraction" in msg
+
+
+def test_cli_validate_reports_error_without_traceback(tmp_path):
+    p = write(tmp_path, tiny_spec(space={"fc_width": {"choice": []}}))
+    r = subprocess.run([sys.executable, "-m", "study.cli", "validate", str(p)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "space.fc_width.choice" in r.stderr and str(p) in r.stderr
+    ok = subprocess.run([sys.executable, "-m", "study.cli", "validate",
+                         str(SPECS / "conv_bias_bn.yaml"), "--set", "search.trials=3"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "3 configs x 2 levels" in ok.stdout
+
+
+def test_import_is_light():
+    code = ("import study, sys; heavy = [m for m in ('ray', 'torch', 'optuna', 'mlflow', "
+            "'sklearn') if m in sys.modules]; print(','.join(heavy))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == ""
