@@ -54,6 +54,8 @@ def trainable(config: dict[str, Any]) -> None:
     device = _device(bool(config["gpu"]))
     data = load_tensors(DatasetSpec(**config["dataset"]), device)
     run = config["run"]
+    if os.environ.get("STUDY_INJECT_FAILURE") == f"{config['study']}/{run['run_key']}":
+        raise RuntimeError(f"injected failure for {run['run_key']} (STUDY_INJECT_FAILURE)")
     ctx = ray.get_runtime_context()
     where = {"node_id": ctx.get_node_id(), "host": socket.gethostname(),
              "device": str(device)}
@@ -369,7 +371,8 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
     threads = max(1, int(spec.cpu))
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": spec.cpu, "gpu": spec.gpu}),
-        param_space={"dataset": dataset, "threads": threads, "gpu": spec.gpu > 0},
+        param_space={"study": spec.name, "dataset": dataset, "threads": threads,
+                     "gpu": spec.gpu > 0},
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.total_runs,
                                     max_concurrent_trials=spec.concurrency,
                                     reuse_actors=True, trial_dirname_creator=_trial_dirname),
@@ -399,13 +402,13 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
         mlflow_status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
         if not writer.close(mlflow_status, tags=tags) and echo:
             echo("WARNING: some MLflow writes could not be sent (see the log above)")
+        for rec in result.runs:
+            rec.mlflow_run_id = writer.child_ids.get(rec.run_key)
     return result
 
 
 def _result(spec: StudySpec, execution: str, status: str, cb: StudyCallback,
             searcher: Any, writer: Any, wall: float) -> StudyResult:
-    for key, rec in cb.records.items():
-        rec.mlflow_run_id = writer.child_ids.get(key)
     configs = []
     for c in searcher.configs:
         usable = [v for v in c.values.values() if v is not None and math.isfinite(v)]

@@ -520,6 +520,7 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     tracking_uri = st.get("tracking") or os.environ.get("MLFLOW_TRACKING_URI") \
         or "sqlite:///mlflow.db"
     tracking_uri = c.string("storage.tracking", tracking_uri)
+    optuna_storage, tracking_uri = _absolute_sqlite(optuna_storage), _absolute_sqlite(tracking_uri)
     results_dir = c.string("storage.results", st.get("results")
                            or os.environ.get("STUDY_RESULTS_DIR") or "study_results")
 
@@ -532,6 +533,16 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
         optuna_storage=optuna_storage, tracking_uri=tracking_uri, results_dir=results_dir,
         source=source, raw=_deepcopy(raw),
     )
+
+
+def _absolute_sqlite(url: str) -> str:
+    """sqlite:///rel.db -> sqlite:////abs/cwd/rel.db: one file, whatever the process' cwd
+    later (Ray workers, `ray job submit`, in-process caches keyed by URL)."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and \
+            url != prefix + ":memory:":
+        return prefix + str(Path(url[len(prefix):]).resolve())
+    return url
 
 
 _DATASET_KEYS = ("name", "path", "val_fraction", "test_fraction", "split_seed", "limit",

@@ -1,0 +1,140 @@
+"""End to end on real parts: local Ray, Optuna on SQLite, MLflow on SQLite, real training."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+import study
+from study.runner import METRIC_KEYS
+from tests.conftest import SPECS, tiny_spec
+
+
+def write_spec(path, raw):
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def mlflow_runs(name):
+    client = MlflowClient(f"sqlite:///{os.getcwd()}/mlflow.db")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def test_study_end_to_end_and_reproducible(ray_local, workdir):
+    path = write_spec(workdir / "tiny.yaml", tiny_spec())
+    res = study.run(path, overrides={"repeats": 2}, echo=None)
+
+    assert res.status == "finished"
+    assert res.counts()["completed"] == 8 and len(res.runs) == 8
+    assert len(res.configs) == 2 and res.best is not None
+    assert res.best_config == res.best.params and set(res.best_config) == {"depth", "lr"}
+
+    client, parents, children = mlflow_runs("tiny")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.info.run_id == res.parent_run_id
+    assert parent.data.params["compare"] == "bias: [True, False]"
+    assert parent.data.tags["study.status"] == "finished"
+    assert parent.data.tags["study.runs_completed"] == "8"
+    assert len(children) == 8
+    by_key = {c.data.tags["study.run_key"]: c for c in children}
+    for rec in res.runs:
+        c = by_key[rec.run_key]
+        assert c.info.run_id == rec.mlflow_run_id
+        assert c.info.status == "FINISHED"
+        assert c.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        p, t = c.data.params, c.data.tags
+        # every hyperparameter and derived figure as a param
+        assert p["depth"] == str(rec.params["depth"]) and p["bias"] == str(rec.level)
+        assert p["width"] == "4" and p["norm"] == "batch" and p["seed"] == str(rec.seed)
+        assert int(p["model_params"]) > 0 and int(p["macs_per_example"]) > 0
+        # tags: Optuna trial, seed, pair, node, device, Ray trial
+        assert t["study.optuna_trial"] == str(rec.optuna_trial)
+        assert t["study.seed"] == str(rec.seed) and t["study.pair"] == rec.pair
+        assert t["study.node"] and t["study.device"] == "cpu" and t["ray.trial_id"]
+        assert t["study.status"] == "completed"
+        # per-epoch metrics with steps; nothing else logged as a metric
+        assert set(c.data.metrics) == set(METRIC_KEYS)
+        hist = client.get_metric_history(c.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in hist) == [1, 2]
+        assert math.isclose(hist[-1].value, rec.metrics["val_accuracy"])
+
+    # Optuna: one trial per configuration, told the mean over its 4 runs
+    ost = optuna.load_study(study_name=res.optuna_study, storage=res.optuna_storage)
+    trials = ost.get_trials()
+    assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials)
+    for cfg in res.configs:
+        vals = [r.metrics["val_accuracy"] for r in res.runs if r.config == cfg.index]
+        assert len(vals) == 4
+        assert math.isclose(trials[cfg.optuna_trial].value, sum(vals) / 4)
+
+    # a second invocation: same configurations and, on CPU, the same numbers
+    again = study.run(path, overrides={"repeats": 2}, echo=None)
+    assert [c.params for c in again.configs] == [c.params for c in res.configs]
+    assert {r.run_key: r.metrics["val_accuracy"] for r in again.runs} == \
+        {r.run_key: r.metrics["val_accuracy"] for r in res.runs}
+    _, parents, children = mlflow_runs("tiny")
+    assert len(parents) == 2 and len(children) == 16
+
+
+def test_crashed_and_diverged_runs_are_recorded_and_the_study_goes_on(ray_local, workdir):
+    raw = tiny_spec(name="crashy", compare={"lr": [0.05, 1.0e6]},
+                    space={"depth": {"int": [1, 2]}},
+                    search={"sampler": "random", "trials": 2, "seed": 0},
+                    execution={"retries": 1}, train={"epochs": 3, "batch_size": 32})
+    res = study.run(write_spec(workdir / "crashy.yaml", raw), echo=None)
+    assert res.status == "finished"
+    counts = res.counts()
+    assert counts["failed"] == 1 and counts["diverged"] == 2 and counts["completed"] == 1
+    failed = next(r for r in res.runs if r.status == "failed")
+    assert failed.run_key == "c000-lr=0.05-s0" and "injected failure" in failed.error
+    diverged = [r for r in res.runs if r.status == "diverged"]
+    assert all(r.epochs < 3 for r in diverged)
+    # the failed run is left out of its configuration's value; the diverged ones count
+    c0 = next(c for c in res.configs if c.index == 0)
+    assert c0.usable_runs == 1
+    _, parents, children = mlflow_runs("crashy")
+    status = {c.data.tags["study.run_key"]: (c.info.status, c.data.tags["study.status"])
+              for c in children}
+    assert status["c000-lr=0.05-s0"] == ("FAILED", "failed")
+    assert status["c000-lr=1000000.0-s0"] == ("FINISHED", "diverged")
+    err = next(c for c in children if c.data.tags["study.run_key"] == "c000-lr=0.05-s0")
+    assert "injected failure" in err.data.tags["study.error"]
+    assert parents[0].data.tags["study.runs_failed"] == "1"
+    assert parents[0].data.tags["study.runs_diverged"] == "2"
+
+
+def test_gpu_requested_where_ray_has_none_fails_before_any_run(ray_local, workdir):
+    path = write_spec(workdir / "g.yaml", tiny_spec(name="gpu", resources={"gpu": 1}))
+    with pytest.raises(study.SpecError) as ei:
+        study.run(path, echo=None)
+    msg = str(ei.value)
+    assert str(path) in msg and "`resources.gpu`" in msg and "0 GPUs" in msg
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    assert client.get_experiment_by_name("gpu") is None  # nothing was started
+
+
+def test_cli_run_prints_summary(workdir):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run(
+        [sys.executable, "-m", "study.cli", "run", str(SPECS / "conv_bias_bn.yaml"),
+         "--set", "search.trials=1", "--set", "repeats=1", "--set", "train.epochs=1",
+         "--set", "dataset.limit=200"],
+        capture_output=True, text=True, cwd=workdir, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "runs done" in r.stderr  # live progress
+    assert "study conv_bias_bn: finished" in r.stdout and "2 completed" in r.stdout
+    assert f"mlflow ui --backend-store-uri sqlite:///{workdir}/mlflow.db" in r.stdout
+    _, parents, children = mlflow_runs("conv_bias_bn")
+    assert len(parents) == 1 and len(children) == 2
