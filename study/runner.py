@@ -106,6 +106,7 @@ class StudyCallback(tune.Callback):
         self.by_trial: dict[str, str] = {}
         self.started = time.monotonic()
         self._last_print = 0.0
+        self._last_line = ""
         self._progress_seconds = progress_seconds
 
     def __getstate__(self) -> dict[str, Any]:
@@ -231,9 +232,13 @@ class StudyCallback(tune.Callback):
         c = self.counts()
         done = c["completed"] + c["diverged"] + c["failed"] + c["stopped"]
         best = _best_so_far(self.records.values(), self.spec)
-        self.echo(f"[{self.spec.name}] {done}/{self.spec.total_runs} runs done "
-                  f"({c['running']} running, {c['failed']} failed, {c['diverged']} diverged)"
-                  f"{best} | {now - self.started:.0f} s")
+        line = (f"[{self.spec.name}] {done}/{self.spec.total_runs} runs done "
+                f"({c['running']} running, {c['failed']} failed, {c['diverged']} diverged)"
+                f"{best}")
+        if force and line == self._last_line:
+            return
+        self._last_line = line
+        self.echo(f"{line} | {now - self.started:.0f} s")
 
 
 def _best_so_far(records: Any, spec: StudySpec) -> str:

@@ -184,3 +184,13 @@ def test_import_is_light():
             "'sklearn') if m in sys.modules]; print(','.join(heavy))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == ""
+
+
+def test_readme_documents_every_knob_and_dataset():
+    from study.spec import DATASETS
+    readme = (SPECS.parent / "README.md").read_text()
+    for k in KNOBS.values():
+        row = f"| `{k.name}` | {k.section} |"
+        assert row in readme, f"README knob table lacks {k.name}"
+    for d in DATASETS:
+        assert f"`{d}" in readme, f"README lacks dataset {d}"
