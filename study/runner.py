@@ -362,6 +362,7 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
                      "mlflow.note.content": f"**{spec.question}**\n\n```\n{spec.summary()}\n```"},
         parent_params=_parent_params(spec),
     )
+    writer.log_parent_text(_spec_yaml(spec), "spec.yaml")
     if echo:
         echo(spec.summary())
         echo(f"execution {execution}: Ray {cluster['CPU']:g} CPU / {cluster['GPU']:g} GPU; "
@@ -427,6 +428,13 @@ def _result(spec: StudySpec, execution: str, status: str, cb: StudyCallback,
                        tracking_uri=spec.tracking_uri, experiment_id=writer.experiment_id,
                        parent_run_id=writer.parent_run_id, optuna_storage=spec.optuna_storage,
                        optuna_study=execution, wall_seconds=wall)
+
+
+def _spec_yaml(spec: StudySpec) -> str:
+    import yaml
+
+    head = f"# {spec.source}, as run (overrides applied)\n"
+    return head + yaml.safe_dump(dict(spec.raw), sort_keys=False)
 
 
 def _trial_dirname(trial: Any) -> str:

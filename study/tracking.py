@@ -36,8 +36,21 @@ class _Op:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
-def check_tracking_uri(uri: str) -> None:
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, with a clear message, when the tracking store cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:  # MLflow's own client retries for minutes; ask the server's health page once
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                r.read(100)
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(
+                f"MLflow tracking server {uri!r} is unreachable ({e}). Start it (e.g. "
+                "`mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000`) or set "
+                "MLFLOW_TRACKING_URI / `storage.tracking` to a reachable server or an "
+                "sqlite:/// path.") from None
     from mlflow.tracking import MlflowClient
 
     try:
@@ -89,6 +102,10 @@ class MlflowWriter:
         self._failures = 0
         self._thread = threading.Thread(target=self._loop, name="study-mlflow", daemon=True)
         self._thread.start()
+
+    def log_parent_text(self, text: str, artifact_file: str) -> None:
+        """Write a text artifact to the parent run now (before any run starts)."""
+        self.client.log_text(self.parent_run_id, text, artifact_file)
 
     # ---- producer side (called from Tune callbacks; never blocks on I/O) ----
 

@@ -194,3 +194,31 @@ def test_readme_documents_every_knob_and_dataset():
         assert row in readme, f"README knob table lacks {k.name}"
     for d in DATASETS:
         assert f"`{d}" in readme, f"README lacks dataset {d}"
+
+
+def test_store_urls_from_environment_and_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    monkeypatch.setenv("STUDY_OPTUNA_STORAGE", "sqlite:///o.db")
+    s = parse_spec(tiny_spec())
+    assert s.tracking_uri == "http://127.0.0.1:5999"
+    assert s.optuna_storage == f"sqlite:///{tmp_path}/o.db"
+    s = parse_spec(tiny_spec(storage={"tracking": "sqlite:///m.db",
+                                      "optuna": "postgresql://u:p@db/optuna"}))
+    assert s.tracking_uri == f"sqlite:///{tmp_path}/m.db"
+    assert s.optuna_storage == "postgresql://u:p@db/optuna"
+    msg = str(pytest.raises(SpecError, parse_spec, tiny_spec(storage={"optuna": "optuna.db"}))
+              .value)
+    assert "`storage.optuna`" in msg and "sqlite:///optuna.db" in msg
+
+
+def test_unreachable_tracking_server_is_a_clear_error():
+    import socket
+
+    from study.tracking import TrackingError, check_tracking_uri
+
+    with socket.socket() as s:  # a free port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TrackingError, match="unreachable.*mlflow server"):
+        check_tracking_uri(f"http://127.0.0.1:{port}", timeout=2)

@@ -1,0 +1,262 @@
+"""Paired effects, confidence intervals, equivalence tests and verdicts.
+
+Pure functions of a table of runs (one dict per training run, as
+:meth:`study.results.StudyResult.table` or :func:`study.report.runs_from_mlflow` give):
+no Ray, no stores. numpy and scipy only.
+
+Method (stated in every report):
+- A *pair* (a block, with more than two levels) is one configuration and one seed: same
+  initial values for every shared parameter, same mini-batch order, same data split.
+- For each level other than the reference (the first level listed in `compare:`), the
+  paired difference is ``metric(level) - metric(reference)`` within a pair.
+- Mean difference with a two-sided 95% paired-t confidence interval.
+- Equivalence: two one-sided tests (TOST) at alpha = 0.05 against ``±margin``, i.e. the
+  90% confidence interval lies inside the margin.
+- Verdict: *equivalent* (TOST passes), else *better* / *worse* (the 95% CI excludes 0;
+  direction by the metric's mode), else *inconclusive*, with the number of pairs that
+  would likely settle it.
+- Failed runs carry no value: a pair with a failed arm is excluded, and counted. Diverged
+  runs keep the value they reached (a diverging arm is a real outcome of the factor).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Effect", "curves", "paired_effects", "status_counts"]
+
+USABLE = ("completed", "diverged")
+
+
+@dataclass(frozen=True)
+class Effect:
+    """The effect of switching the compared knob from `reference` to `level`."""
+
+    knob: str
+    reference: Any
+    level: Any
+    metric: str
+    group: str  # "all", or e.g. "norm=batch"
+    n: int  # usable pairs
+    mean: float  # mean paired difference (level - reference)
+    sd: float
+    ci_low: float  # 95% paired-t interval
+    ci_high: float
+    p_value: float  # two-sided paired t-test of mean = 0
+    tost_p: float  # equivalence within ±margin (max of the two one-sided p-values)
+    margin: float
+    verdict: str  # better, worse, equivalent, inconclusive
+    pairs_needed: int | None  # for an inconclusive verdict: pairs that would likely settle it
+    excluded_pairs: int  # pairs left out because an arm failed or is missing
+    diverged_pairs: int  # usable pairs with at least one diverged arm
+    mean_reference: float
+    mean_level: float
+    differences: tuple[float, ...] = field(repr=False, default=())
+
+    def sentence(self, higher_is_better: bool = True, unit: str = "pp") -> str:
+        """E.g. 'bias=false vs bias=true changed test_accuracy by +0.02 pp, 95% CI
+        [-0.05, 0.09], n=40 pairs: equivalent within the ±0.5 pp margin.'"""
+        s = _scale(self.metric, unit)
+        what = (f"{self.knob}={_v(self.level)} vs {self.knob}={_v(self.reference)}"
+                + ("" if self.group == "all" else f" ({self.group})"))
+        if self.n == 0:
+            return f"{what}: no usable pairs ({self.excluded_pairs} excluded)."
+        u = f" {unit}" if s != 1 else ""
+        body = (f"{what} changed {self.metric} by {self.mean * s:+.2f}{u}, 95% CI "
+                f"[{self.ci_low * s:+.2f}, {self.ci_high * s:+.2f}], n={self.n} pairs")
+        if self.verdict == "equivalent":
+            tail = f"equivalent within the ±{self.margin * s:g}{u} margin"
+        elif self.verdict in ("better", "worse"):
+            tail = f"{self.verdict} (p={self.p_value:.2g})"
+        else:
+            more = f"; about {self.pairs_needed} pairs would likely settle it" \
+                if self.pairs_needed else ""
+            tail = f"inconclusive{more}"
+        extra = []
+        if self.excluded_pairs:
+            extra.append(f"{self.excluded_pairs} pair(s) excluded for a failed arm")
+        if self.diverged_pairs:
+            extra.append(f"{self.diverged_pairs} pair(s) with a diverged arm included")
+        return f"{body}: {tail}." + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def _scale(metric: str, unit: str) -> float:
+    return 100.0 if metric.endswith("accuracy") and unit == "pp" else 1.0
+
+
+def _v(x: Any) -> str:
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    return str(x)
+
+
+def status_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for r in rows:
+        out[str(r.get("status", "unknown"))] += 1
+    return dict(out)
+
+
+def paired_effects(rows: Sequence[Mapping[str, Any]], *, knob: str, levels: Sequence[Any],
+                   metric: str, margin: float, mode: str = "max", by: str | None = None,
+                   alpha: float = 0.05) -> list[Effect]:
+    """Paired effect of every non-reference level, overall and per value of `by`.
+
+    Args:
+        rows: one dict per run with keys ``config``, ``seed``, ``level``, ``status`` and
+            `metric` (and ``param.<by>`` when `by` is given).
+        knob: the compared knob; levels[0] is the reference.
+        margin: the equivalence margin, in the metric's units (0.005 = 0.5 pp of accuracy).
+        mode: "max" if a higher metric is better, else "min".
+        by: a knob to break the effect down by (e.g. "norm"), or None.
+    """
+    if len(levels) < 2:
+        raise ValueError(f"need at least two levels to compare, got {list(levels)}")
+    groups: dict[str, list[Mapping[str, Any]]] = {"all": list(rows)}
+    if by:
+        for r in rows:
+            key = f"{by}={_v(r.get(f'param.{by}'))}"
+            groups.setdefault(key, []).append(r)
+    out = []
+    for gname, grows in groups.items():
+        blocks = _blocks(grows)
+        for lvl in levels[1:]:
+            out.append(_effect(blocks, knob, levels[0], lvl, metric, margin, mode, gname,
+                               alpha))
+    return out
+
+
+def _blocks(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[Any, Any], dict[str, Mapping]]:
+    blocks: dict[tuple[Any, Any], dict[str, Mapping]] = defaultdict(dict)
+    for r in rows:
+        blocks[(r["config"], r["seed"])][repr(r["level"])] = r
+    return blocks
+
+
+def _effect(blocks: Mapping[tuple[Any, Any], Mapping[str, Mapping]], knob: str, ref: Any,
+            lvl: Any, metric: str, margin: float, mode: str, group: str,
+            alpha: float) -> Effect:
+    diffs, refs, lvls = [], [], []
+    excluded = diverged = 0
+    for block in blocks.values():
+        a, b = block.get(repr(ref)), block.get(repr(lvl))
+        if a is None and b is None:
+            continue
+        va, vb = _value(a, metric), _value(b, metric)
+        if va is None or vb is None:
+            excluded += 1
+            continue
+        if "diverged" in (a.get("status"), b.get("status")):  # type: ignore[union-attr]
+            diverged += 1
+        diffs.append(vb - va)
+        refs.append(va)
+        lvls.append(vb)
+    d = np.asarray(diffs, dtype=float)
+    n = len(d)
+    sign = 1.0 if mode == "max" else -1.0
+    if n == 0:
+        nan = math.nan
+        return Effect(knob, ref, lvl, metric, group, 0, nan, nan, nan, nan, nan, nan, margin,
+                      "inconclusive", None, excluded, diverged, nan, nan)
+    mean = float(d.mean())
+    sd = float(d.std(ddof=1)) if n > 1 else math.nan
+    lo, hi, p, tost_p = _paired_t(d, margin, alpha)
+    if tost_p < alpha:
+        verdict = "equivalent"
+    elif p < alpha:
+        verdict = "better" if sign * mean > 0 else "worse"
+    else:
+        verdict = "inconclusive"
+    need = _pairs_needed(mean, sd, margin, alpha) if verdict == "inconclusive" else None
+    return Effect(knob, ref, lvl, metric, group, n, mean, sd, lo, hi, p, tost_p, margin,
+                  verdict, need, excluded, diverged, float(np.mean(refs)), float(np.mean(lvls)),
+                  tuple(float(x) for x in d))
+
+
+def _value(row: Mapping[str, Any] | None, metric: str) -> float | None:
+    if row is None or row.get("status") not in USABLE:
+        return None
+    v = row.get(metric)
+    if v is None:
+        return None
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _paired_t(d: np.ndarray, margin: float, alpha: float) -> tuple[float, float, float, float]:
+    """95% CI, two-sided p for mean 0, and the TOST p-value for ±margin."""
+    from scipy import stats
+
+    n = len(d)
+    mean = float(d.mean())
+    if n < 2:
+        return math.nan, math.nan, 1.0, 1.0
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    df = n - 1
+    if se == 0.0:  # every pair identical: the interval is the point
+        p = 1.0 if mean == 0 else 0.0
+        tost = 0.0 if abs(mean) < margin else 1.0
+        return mean, mean, p, tost
+    t_crit = float(stats.t.ppf(1 - alpha / 2, df))
+    lo, hi = mean - t_crit * se, mean + t_crit * se
+    p = float(2 * stats.t.sf(abs(mean) / se, df))
+    p_lower = float(stats.t.sf((mean + margin) / se, df))  # H0: mean <= -margin
+    p_upper = float(stats.t.cdf((mean - margin) / se, df))  # H0: mean >= +margin
+    return lo, hi, p, max(p_lower, p_upper)
+
+
+def _pairs_needed(mean: float, sd: float, margin: float, alpha: float) -> int | None:
+    """Pairs at which the expected interval would settle the question (normal approx.).
+
+    If |mean| < margin: the 90% interval fits inside ±margin (equivalence). Otherwise the
+    95% interval excludes 0 (a difference).
+    """
+    if not math.isfinite(sd) or sd == 0:
+        return None
+    from scipy import stats
+
+    if abs(mean) < margin:
+        z = float(stats.norm.ppf(1 - alpha))
+        gap = margin - abs(mean)
+    else:
+        z = float(stats.norm.ppf(1 - alpha / 2))
+        gap = abs(mean)
+    return int(math.ceil((z * sd / gap) ** 2)) + 1
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    x: int
+    mean: float
+    sd: float
+    n: int
+
+
+def curves(rows: Sequence[Mapping[str, Any]], *, x: str, metric: str,
+           split: Sequence[str] = ("residual", "norm")) -> dict[str, list[CurvePoint]]:
+    """Mean and spread of `metric` against knob `x` (depth, width), one curve per value
+    combination of the `split` knobs (plain vs residual, with vs without norm). Failed runs
+    are left out; diverged runs count with the value they reached."""
+    series: dict[str, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        v = _value(r, metric)
+        xv = r.get(f"param.{x}")
+        if v is None or xv is None:
+            continue
+        label = ", ".join(f"{k}={_v(r.get(f'param.{k}'))}" for k in split)
+        series[label][xv].append(v)
+    out = {}
+    for label, pts in sorted(series.items()):
+        out[label] = [CurvePoint(int(k), float(np.mean(vs)),
+                                 float(np.std(vs, ddof=1)) if len(vs) > 1 else 0.0, len(vs))
+                      for k, vs in sorted(pts.items())]
+    return out
