@@ -38,6 +38,16 @@ def _parser() -> argparse.ArgumentParser:
                    metavar="KEY=VALUE", help="override a field (repeatable), e.g. "
                    "--set search.trials=2 --set train.epochs=1")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
+    rp = sub.add_parser("report", help="rebuild a study's report from MLflow and Optuna "
+                        "(no Ray)")
+    rp.add_argument("name", help="a study name (its latest execution) or an execution id")
+    rp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or "
+                    "sqlite:///mlflow.db)")
+    rp.add_argument("--optuna-storage", help="Optuna storage (default: the one the study "
+                    "used)")
+    rp.add_argument("--out", help="folder for report.md/html and plots (default: "
+                    "study_results/<execution>/report)")
+    rp.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     return ap
 
 
@@ -52,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "run":
             return _run(args)
+        if args.command == "report":
+            return _report(args)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -72,10 +84,27 @@ def _run(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(summary(result))
+    if result.verdict:
+        print()
+        print(result.verdict)
+    if result.report_dir:
+        print(f"report: {result.report_dir}/report.html (and report.md; also in the MLflow "
+              "parent run's artifacts)")
     if result.status == "interrupted":
         print("study INTERRUPTED: not every run ended", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK if result.status == "finished" else EXIT_FAILED
+
+
+def _report(args: argparse.Namespace) -> int:
+    from study.report import rebuild, verdict_table
+
+    report, spec, folder = rebuild(args.name, tracking_uri=args.tracking_uri,
+                                   optuna_storage=args.optuna_storage, out_dir=args.out,
+                                   log_to_mlflow=not args.no_log)
+    print(verdict_table(report, spec))
+    print(f"report: {folder / 'report.html'} (and report.md)")
+    return EXIT_OK
 
 
 def _err(msg: str) -> None:

@@ -67,6 +67,9 @@ class StudyResult:
     optuna_storage: str
     optuna_study: str
     wall_seconds: float
+    verdict: str = ""  # the terminal verdict table ("" when no report was built)
+    report_dir: str | None = None  # report.md, report.html, PNGs
+    effects: list[Any] = field(default_factory=list)  # study.analysis.Effect
 
     @property
     def best(self) -> ConfigRecord | None:

@@ -396,21 +396,50 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
     except KeyboardInterrupt:
         status = "interrupted"
     finally:
-        counts = callback.counts()
+        writer.flush()
         result = _result(spec, execution, status, callback, searcher, writer,
                          time.monotonic() - t0)
+        for rec in result.runs:
+            rec.mlflow_run_id = writer.child_ids.get(rec.run_key)
+        if status != "failed":
+            _report(spec, result, storage, writer, results_dir / execution / "report", echo)
         best = result.best
-        tags = {f"study.runs_{k}": v for k, v in counts.items()}
+        tags = {f"study.runs_{k}": v for k, v in callback.counts().items()}
         tags["study.status"] = status
         if best is not None:
             tags["study.best_config"] = best.index
             tags[f"study.best_{spec.metric}"] = f"{best.value:.6g}"
+        for e in result.effects:
+            if e.group == "all" and e.n:
+                tags[f"study.verdict.{spec.compare_knob}.{e.level}"] = e.verdict
         mlflow_status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
         if not writer.close(mlflow_status, tags=tags) and echo:
             echo("WARNING: some MLflow writes could not be sent (see the log above)")
-        for rec in result.runs:
-            rec.mlflow_run_id = writer.child_ids.get(rec.run_key)
     return result
+
+
+def _report(spec: StudySpec, result: StudyResult, storage: Any, writer: Any, folder: Path,
+            echo: Echo | None) -> None:
+    """Build the report, write it to `folder` and log it to the parent run. A failure here
+    loses no run: it is reported and the report can be rebuilt with `study report`."""
+    from study.report import ReportInput, build_report, importance, verdict_table
+
+    try:
+        imp, note = importance(storage, result.optuna_study)
+        rep = build_report(ReportInput(
+            spec=spec, execution=result.execution, rows=result.table(), importance=imp,
+            importance_note=note, parent_run_id=writer.parent_run_id,
+            tracking_uri=spec.tracking_uri, status=result.status))
+        rep.write(folder)
+        writer.client.log_artifacts(writer.parent_run_id, str(folder), "report")
+        result.report_dir = str(folder)
+        result.effects = rep.effects
+        result.verdict = verdict_table(rep, spec)
+    except Exception as e:
+        logger.exception("report failed")
+        if echo:
+            echo(f"WARNING: the report could not be built ({type(e).__name__}: {e}); every "
+                 f"run is stored: rebuild it with `study report {result.execution}`")
 
 
 def _result(spec: StudySpec, execution: str, status: str, cb: StudyCallback,

@@ -215,6 +215,11 @@ class StudySpec:
     pending: int  # configurations proposed before earlier results are known (see searcher)
     metric: str
     mode: str
+    verdict_metric: str  # what the verdict is about (e.g. test_accuracy)
+    verdict_mode: str  # max if higher is better
+    margin: float  # equivalence margin, in the metric's units (0.005 = 0.5 pp)
+    verdict_by: tuple[str, ...]  # knobs to break the effect down by
+    alpha: float
     cpu: float
     gpu: float
     concurrency: int | None
@@ -264,7 +269,12 @@ class StudySpec:
             f"{self.repeats} seeds = {self.total_runs} training runs "
             f"({self.sampler} sampler, seed {self.seed})"
         )
-        lines.append(f"  metric:   {self.metric} ({self.mode})")
+        lines.append(f"  metric:   {self.metric} ({self.mode}), told to Optuna as the mean "
+                     "over a configuration's runs")
+        if self.compare_knob:
+            by = f", broken down by {', '.join(self.verdict_by)}" if self.verdict_by else ""
+            lines.append(f"  verdict:  {self.verdict_metric}, equivalence margin "
+                         f"±{_fmt(self.margin)}, alpha {_fmt(self.alpha)}{by}")
         lines.append(f"  per run:  {_fmt(self.cpu)} cpu, {_fmt(self.gpu)} gpu")
         return "\n".join(lines)
 
@@ -344,7 +354,7 @@ def _show(value: Any) -> str:
 
 _TOP_KEYS = (
     "name", "question", "dataset", "model", "train", "space", "compare", "repeats",
-    "search", "metric", "resources", "execution", "storage",
+    "search", "metric", "verdict", "resources", "execution", "storage",
 )
 
 
@@ -412,8 +422,12 @@ def _deepcopy(x: Any) -> Any:
 
 
 def parse_spec(raw: Any, *, source: str = "<dict>",
-               overrides: Mapping[str, Any] | None = None) -> StudySpec:
-    """Validate a raw (YAML-loaded) spec. See :func:`load_spec`."""
+               overrides: Mapping[str, Any] | None = None,
+               check_paths: bool = True) -> StudySpec:
+    """Validate a raw (YAML-loaded) spec. See :func:`load_spec`.
+
+    `check_paths=False` skips checking that dataset files exist (rebuilding a report on a
+    machine without the data)."""
     c = _Ctx(source)
     if not isinstance(raw, Mapping):
         c.fail("(top level)", raw, "a mapping with keys " + ", ".join(_TOP_KEYS),
@@ -430,7 +444,7 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
         c.fail("name", name, "letters, digits, '.', '_' and '-', starting with a letter or "
                "digit, at most 100 characters")
     question = c.string("question", top["question"])
-    dataset = _parse_dataset(c, top.get("dataset", "digits"))
+    dataset = _parse_dataset(c, top.get("dataset", "digits"), check_paths)
 
     # model: `cnn` or {name: cnn, <fixed model knobs>}
     model_raw = top.get("model", "cnn")
@@ -498,6 +512,29 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     metric = c.string("metric.name", metric_map.get("name", "val_accuracy"), list(METRICS))
     mode = c.string("metric.mode", metric_map.get("mode", METRICS[metric]), ["max", "min"])
 
+    vd = c.mapping("verdict", top.get("verdict"),
+                   ["metric", "mode", "equivalence_margin", "by", "alpha"])
+    if vd and not compare_knob:
+        c.fail("verdict", top.get("verdict"), "a `verdict:` only together with `compare:` "
+               "(the verdict is about the compared knob)", "nothing to compare")
+    verdict_metric = c.string("verdict.metric", vd.get("metric", "test_accuracy"),
+                              list(METRICS))
+    verdict_mode = c.string("verdict.mode", vd.get("mode", METRICS[verdict_metric]),
+                            ["max", "min"])
+    margin = c.number("verdict.equivalence_margin", vd.get("equivalence_margin", 0.005),
+                      low=0.0, low_open=True)
+    by_raw = vd.get("by", [])
+    by_list = [by_raw] if isinstance(by_raw, str) else by_raw
+    if not isinstance(by_list, list):
+        c.fail("verdict.by", by_raw, "a searched knob or a list of them")
+    for i, b in enumerate(by_list):
+        if b not in space:
+            c.fail(f"verdict.by[{i}]" if isinstance(by_raw, list) else "verdict.by", b,
+                   "a knob searched in `space` (it must vary to break the effect down): "
+                   + (", ".join(space) or "none is searched"))
+    alpha = c.number("verdict.alpha", vd.get("alpha", 0.05), low=0.0, high=0.5,
+                     low_open=True)
+
     res = c.mapping("resources", top.get("resources"), ["cpu", "gpu"])
     cpu = c.number("resources.cpu", res.get("cpu", 1), low=0.0, low_open=True)
     gpu = c.number("resources.gpu", res.get("gpu", 0), low=0.0)
@@ -529,7 +566,9 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
         space=space, compare_knob=compare_knob, compare_levels=compare_levels,
         repeats=repeats, sampler=sampler, trials=trials, seed=seed,
         startup_trials=startup_trials, pending=pending, metric=metric,
-        mode=mode, cpu=cpu, gpu=gpu, concurrency=concurrency, retries=retries,
+        mode=mode, verdict_metric=verdict_metric, verdict_mode=verdict_mode, margin=margin,
+        verdict_by=tuple(by_list), alpha=alpha, cpu=cpu, gpu=gpu, concurrency=concurrency,
+        retries=retries,
         optuna_storage=optuna_storage, tracking_uri=tracking_uri, results_dir=results_dir,
         source=source, raw=_deepcopy(raw),
     )
@@ -549,7 +588,7 @@ _DATASET_KEYS = ("name", "path", "val_fraction", "test_fraction", "split_seed", 
                  "samples", "image_size", "channels", "classes")
 
 
-def _parse_dataset(c: _Ctx, value: Any) -> DatasetSpec:
+def _parse_dataset(c: _Ctx, value: Any, check_paths: bool = True) -> DatasetSpec:
     if isinstance(value, str):
         name, _, path = value.partition(":")
         value = {"name": name} | ({"path": path} if path else {})
@@ -560,7 +599,7 @@ def _parse_dataset(c: _Ctx, value: Any) -> DatasetSpec:
         path = c.string("dataset.path", path)
     if name == "fashion-mnist":
         name, path = "idx", path or FASHION_MNIST_DIR
-        if not Path(path).is_dir():
+        if check_paths and not Path(path).is_dir():
             c.fail("dataset.path", path, "a folder with Fashion-MNIST's IDX files (on Debian "
                    "or Ubuntu: `apt-get install dataset-fashion-mnist` puts them in "
                    f"{FASHION_MNIST_DIR}; or download them from "
@@ -574,7 +613,7 @@ def _parse_dataset(c: _Ctx, value: Any) -> DatasetSpec:
                        "www.cs.toronto.edu/~kriz/cifar.html, unpacked): `dataset: cifar10:DIR`",
         }[name]
         c.fail("dataset.path", None, hint, "missing path")
-    if path is not None and name != "synthetic":
+    if check_paths and path is not None and name != "synthetic":
         from study import data_formats  # light: numpy only
 
         problem = data_formats.check_path(name, path)

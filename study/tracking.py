@@ -67,6 +67,12 @@ def _str(v: Any) -> str:
     return s[:MAX_PARAM_CHARS]
 
 
+def _permanent(e: Exception) -> bool:
+    """An MLflow error that retrying cannot fix (a bad name or value, not a lost server)."""
+    code = getattr(e, "error_code", "")
+    return code in ("INVALID_PARAMETER_VALUE", "INVALID_STATE", "RESOURCE_ALREADY_EXISTS")
+
+
 class MlflowWriter:
     """Queue MLflow writes for a parent run and its children; send them from a thread."""
 
@@ -172,6 +178,12 @@ class MlflowWriter:
                 self._drain()
                 self._failures = 0
             except Exception as e:
+                if _permanent(e):  # retrying cannot help: say so, drop that one write
+                    with self._lock:
+                        op = self._ops.popleft() if self._ops else None
+                    logger.error("MLflow rejected a write (%s) for run %r: %s; dropped",
+                                 op.kind if op else "?", op.key if op else "?", e)
+                    continue
                 self._failures += 1
                 if self._failures in (1, 10) or self._failures % 100 == 0:
                     logger.warning("MLflow write failed (%s: %s); kept queued, retrying",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -78,6 +80,25 @@ def test_study_end_to_end_and_reproducible(ray_local, workdir):
         vals = [r.metrics["val_accuracy"] for r in res.runs if r.config == cfg.index]
         assert len(vals) == 4
         assert math.isclose(trials[cfg.optuna_trial].value, sum(vals) / 4)
+
+    # the report: on disk, in the parent run, and rebuilt from the stores alone (no Ray)
+    assert res.effects and res.effects[0].n == 4 and "verdict on test_accuracy" in res.verdict
+    html = (Path(res.report_dir) / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Verdict" in html
+    for rec in res.runs:  # every number is traceable to its child run
+        assert rec.run_key in html and rec.mlflow_run_id[:8] in html
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", "report/report.md", "report/effects.png"} <= arts
+    code = ("import sys; from study.cli import main; rc = main(['report', 'tiny', "
+            "'--out', 'rebuilt', '--no-log']); assert 'ray' not in sys.modules; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=workdir, env={**os.environ, "MLFLOW_TRACKING_URI":
+                                         f"sqlite:///{workdir}/mlflow.db"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert res.verdict.splitlines()[:4] == r.stdout.splitlines()[:4]
+    rebuilt = json.loads((workdir / "rebuilt" / "effects.json").read_text())
+    saved = json.loads((Path(res.report_dir) / "effects.json").read_text())
+    assert rebuilt == saved
 
     # a second invocation: same configurations and, on CPU, the same numbers
     again = study.run(path, overrides={"repeats": 2}, echo=None)

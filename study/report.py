@@ -1,0 +1,530 @@
+"""The study report: verdicts with confidence intervals, curves, importance, counts.
+
+Built from a table of runs (the finished study's, or one read back from MLflow) and the
+Optuna study; written as Markdown and a self-contained HTML page with PNG plots, logged to
+the parent MLflow run. No Ray here.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from study.analysis import USABLE, Effect, _blocks, _v, curves, paired_effects, status_counts
+from study.spec import KNOBS, StudySpec, parse_spec
+
+__all__ = ["Report", "ReportInput", "build_report", "importance", "rebuild", "runs_from_mlflow",
+           "verdict_table"]
+
+IMPORTANCE_EVALUATOR = "fANOVA (optuna.importance.FanovaImportanceEvaluator, seed 0)"
+
+
+@dataclass
+class ReportInput:
+    spec: StudySpec
+    execution: str
+    rows: list[dict[str, Any]]
+    importance: dict[str, float] | None = None
+    importance_note: str = ""
+    parent_run_id: str | None = None
+    tracking_uri: str = ""
+    status: str = "finished"
+
+
+@dataclass
+class Report:
+    title: str
+    effects: list[Effect]
+    counts: dict[str, int]
+    markdown: str
+    html: str
+    images: dict[str, bytes] = field(default_factory=dict)
+
+    def write(self, folder: str | Path) -> Path:
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.md").write_text(self.markdown)
+        (out / "report.html").write_text(self.html)
+        for name, png in self.images.items():
+            (out / name).write_bytes(png)
+        (out / "effects.json").write_text(json.dumps([_effect_json(e) for e in self.effects],
+                                                     indent=1))
+        return out
+
+
+def _effect_json(e: Effect) -> dict[str, Any]:
+    d = {k: getattr(e, k) for k in e.__dataclass_fields__ if k != "differences"}
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in d.items()}
+
+
+# --------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------
+
+
+def build_report(inp: ReportInput) -> Report:
+    spec, rows = inp.spec, inp.rows
+    effects: list[Effect] = []
+    if spec.compare_knob:
+        effects = paired_effects(rows, knob=spec.compare_knob, levels=spec.compare_levels,
+                                 metric=spec.verdict_metric, margin=spec.margin,
+                                 mode=spec.verdict_mode, alpha=spec.alpha)
+        for by in spec.verdict_by:
+            effects += [e for e in paired_effects(
+                rows, knob=spec.compare_knob, levels=spec.compare_levels,
+                metric=spec.verdict_metric, margin=spec.margin, mode=spec.verdict_mode,
+                by=by, alpha=spec.alpha) if e.group != "all"]
+    counts = status_counts(rows)
+    images: dict[str, bytes] = {}
+    if effects and any(e.n for e in effects):
+        images["effects.png"] = _plot_effects(effects, spec)
+    curve_sets = {}
+    for x in ("depth", "width"):
+        if len({r.get(f"param.{x}") for r in rows}) > 1:
+            curve_sets[x] = curves(rows, x=x, metric=spec.verdict_metric
+                                   if spec.compare_knob else spec.metric,
+                                   split=_curve_split(spec))
+    if curve_sets:
+        images["curves.png"] = _plot_curves(curve_sets, spec)
+    if inp.importance:
+        images["importance.png"] = _plot_importance(inp.importance)
+    blocks = _blocks_of(inp, effects, counts, curve_sets)
+    title = f"Study report: {spec.name}"
+    return Report(title=title, effects=effects, counts=counts,
+                  markdown=_markdown(title, blocks), html=_html(title, blocks, images),
+                  images=images)
+
+
+def _curve_split(spec: StudySpec) -> tuple[str, ...]:
+    split = [k for k in ("residual", "norm") if k in spec.space or k == spec.compare_knob]
+    return tuple(split) or ("norm",)
+
+
+def verdict_table(report: Report, spec: StudySpec) -> str:
+    """A short plain-text table of the verdicts, for the terminal."""
+    if not report.effects:
+        return "(no compared knob: no verdict)"
+    s = 100.0 if spec.verdict_metric.endswith("accuracy") else 1.0
+    unit = " pp" if s == 100.0 else ""
+    head = f"{'comparison':<34} {'group':<16} {'n':>4} {'mean diff' + unit:>13}  " \
+           f"{'95% CI':<19} verdict"
+    lines = [f"verdict on {spec.verdict_metric} (margin ±{spec.margin * s:g}{unit}, "
+             f"paired t, TOST):", head, "-" * len(head)]
+    for e in report.effects:
+        comp = f"{spec.compare_knob}={_v(e.level)} vs {_v(e.reference)}"
+        if e.n:
+            ci = f"[{e.ci_low * s:+.2f}, {e.ci_high * s:+.2f}]" if e.n > 1 else "n/a"
+            verdict = e.verdict + (f" (~{e.pairs_needed} pairs needed)"
+                                   if e.pairs_needed else "")
+            lines.append(f"{comp:<34} {e.group:<16} {e.n:>4} {e.mean * s:>+13.2f}  {ci:<19} "
+                         f"{verdict}")
+        else:
+            lines.append(f"{comp:<34} {e.group:<16} {0:>4} {'':>13}  {'':<19} no usable pairs")
+    head_effects = [e for e in report.effects if e.group == "all"]
+    if head_effects:
+        lines.append("")
+        lines += [e.sentence() for e in head_effects]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# Content: a list of blocks rendered to Markdown and to HTML
+# --------------------------------------------------------------------------------------
+
+Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", (head, rows)) | ("img", name)
+
+
+def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str, int],
+               curve_sets: Mapping[str, Any]) -> list[Block]:
+    spec = inp.spec
+    s = 100.0 if spec.verdict_metric.endswith("accuracy") else 1.0
+    unit = " pp" if s == 100.0 else ""
+    b: list[Block] = [("p", f"**Question.** {spec.question}")]
+    b.append(("p", f"Execution `{inp.execution}` ({inp.status}); MLflow parent run "
+                   f"`{inp.parent_run_id}` at `{inp.tracking_uri}`; spec `{spec.source}`."))
+    if effects:
+        b.append(("h2", "Verdict"))
+        for e in effects:
+            if e.group == "all":
+                b.append(("p", "**" + e.sentence() + "**"))
+        rows = []
+        for e in effects:
+            rows.append([
+                f"{spec.compare_knob}={_v(e.level)} vs {_v(e.reference)}", e.group, str(e.n),
+                _f(e.mean_reference * s), _f(e.mean_level * s), _f(e.mean * s, sign=True),
+                f"[{_f(e.ci_low * s, sign=True)}, {_f(e.ci_high * s, sign=True)}]",
+                _p(e.p_value), _p(e.tost_p), e.verdict + (f" (~{e.pairs_needed} pairs)"
+                                                          if e.pairs_needed else ""),
+                str(e.excluded_pairs), str(e.diverged_pairs)])
+        b.append(("table", ([
+            "comparison", "group", "pairs", f"mean ref{unit}", f"mean level{unit}",
+            f"diff{unit}", "95% CI", "p (diff)", "p (TOST)", "verdict", "excluded",
+            "diverged"], rows)))
+        b.append(("img", "effects.png"))
+        b.append(("p", _method(spec)))
+    b.append(("h2", "Runs"))
+    per_level: dict[str, dict[str, int]] = {}
+    for r in inp.rows:
+        lv = _v(r.get("level")) if spec.compare_knob else "-"
+        per_level.setdefault(lv, {}).setdefault(str(r.get("status")), 0)
+        per_level[lv][str(r.get("status"))] += 1
+    statuses = ["completed", "diverged", "failed", "stopped", "running"]
+    b.append(("table", ([spec.compare_knob or "level", *statuses, "total"], [
+        [lv, *(str(c.get(st, 0)) for st in statuses), str(sum(c.values()))]
+        for lv, c in per_level.items()])))
+    total = sum(counts.values())
+    b.append(("p", f"{total} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+              + f" (planned: {spec.total_runs}). Failed runs carry no value; diverged runs "
+              "(loss NaN/inf or above 100 x ln(classes)) keep the value they reached."))
+    b.append(("h2", "Settings"))
+    fixed = ", ".join(f"`{k}={_v(v)}`" for k, v in spec.fixed.items())
+    space = "; ".join(f"`{k}`: {d.describe()}" for k, d in spec.space.items()) or "none"
+    ds = spec.dataset
+    b.append(("p", f"Dataset `{ds.name}`" + (f" (`{ds.path}`)" if ds.path else "")
+              + f", validation fraction {ds.val_fraction:g}, split seed {ds.split_seed}"
+              + (f", first {ds.limit} training examples" if ds.limit else "")
+              + f". Model `{spec.model}`. Fixed: {fixed}. Searched: {space}. "
+              f"Sampler `{spec.sampler}` (seed {spec.seed}), {spec.trials} configurations x "
+              f"{len(spec.levels)} levels x {spec.repeats} seeds. Weight init "
+              f"`{_v(spec.fixed.get('init', 'searched'))}` and learning rate "
+              f"`{_v(spec.fixed.get('lr', 'searched'))}`: both decide whether deep plain "
+              "nets train at all, so read every number with them."))
+    if curve_sets:
+        metric = spec.verdict_metric if spec.compare_knob else spec.metric
+        b.append(("h2", "Depth and width"))
+        b.append(("p", f"Mean {metric} (± one standard deviation over runs) against depth "
+                  "and width, one curve per combination of "
+                  + ", ".join(_curve_split(spec)) + ". Failed runs left out."))
+        b.append(("img", "curves.png"))
+        for x, series in curve_sets.items():
+            rows = []
+            for label, pts in series.items():
+                for p in pts:
+                    rows.append([label, str(p.x), _f(p.mean * s), _f(p.sd * s), str(p.n)])
+            b.append(("table", ([ "series", x, f"mean{unit}", f"sd{unit}", "runs"], rows)))
+    b.append(("h2", "Parameter importance"))
+    if inp.importance:
+        b.append(("p", f"Evaluator: {IMPORTANCE_EVALUATOR}, over the Optuna trials (one per "
+                  f"configuration, value = mean {spec.metric} over its runs)."))
+        b.append(("img", "importance.png"))
+        b.append(("table", (["knob", "importance"], [[k, f"{v:.3f}"] for k, v in
+                                                    inp.importance.items()])))
+    else:
+        b.append(("p", f"Not computed: {inp.importance_note or 'no Optuna study'}."))
+    if effects:
+        b.append(("h2", "Pairs (every number above comes from these runs)"))
+        ref = spec.compare_levels[0]
+        for lvl in spec.compare_levels[1:]:
+            rows = []
+            for (cfg, seed), block in sorted(_blocks(inp.rows).items(),
+                                             key=lambda kv: (kv[0][0], kv[0][1])):
+                a, c = block.get(repr(ref)), block.get(repr(lvl))
+                rows.append([str(cfg), str(seed), *_arm(a, spec.verdict_metric, s),
+                             *_arm(c, spec.verdict_metric, s), _diff(a, c, spec, s)])
+            b.append(("table", (["config", "seed", f"{_v(ref)}: run", "status", "value",
+                                 f"{_v(lvl)}: run", "status", "value", "diff"], rows)))
+    return b
+
+
+def _method(spec: StudySpec) -> str:
+    return (f"Method: a pair is one configuration and one seed (same initial values for "
+            f"every shared parameter, same mini-batch order, same data split); the "
+            f"difference is {spec.verdict_metric}(level) - {spec.verdict_metric}(reference "
+            f"{spec.compare_knob}={_v(spec.compare_levels[0])}) at the last epoch. Mean with a "
+            f"two-sided {100 * (1 - spec.alpha):g}% paired-t confidence interval; equivalence "
+            f"by two one-sided t-tests (TOST, alpha {spec.alpha:g}) against ±"
+            f"{spec.margin:g}; *better*/*worse* when the interval excludes 0, *equivalent* "
+            "when TOST passes, else *inconclusive* (with the pairs a normal approximation "
+            "says would settle it). A pair with a failed or missing arm is excluded and "
+            "counted; no correction for multiple comparisons across levels or groups.")
+
+
+def _arm(row: Mapping[str, Any] | None, metric: str, s: float) -> list[str]:
+    if row is None:
+        return ["(missing)", "-", "-"]
+    v = row.get(metric)
+    val = _f(float(v) * s) if isinstance(v, (int, float)) and row.get("status") in USABLE \
+        else "-"
+    rid = row.get("mlflow_run_id") or ""
+    return [f"{row.get('run_key')}" + (f" ({str(rid)[:8]})" if rid else ""),
+            str(row.get("status")), val]
+
+
+def _diff(a: Mapping | None, c: Mapping | None, spec: StudySpec, s: float) -> str:
+    from study.analysis import _value
+
+    va, vc = _value(a, spec.verdict_metric), _value(c, spec.verdict_metric)
+    return "excluded" if va is None or vc is None else _f((vc - va) * s, sign=True)
+
+
+def _f(x: float, sign: bool = False) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{x:+.2f}" if sign else f"{x:.2f}"
+
+
+def _p(p: float) -> str:
+    return "n/a" if not math.isfinite(p) else f"{p:.3g}"
+
+
+def _markdown(title: str, blocks: Sequence[Block]) -> str:
+    out = [f"# {title}", ""]
+    for kind, val in blocks:
+        if kind == "h2":
+            out += [f"## {val}", ""]
+        elif kind == "p":
+            out += [val, ""]
+        elif kind == "img":
+            out += [f"![{val}]({val})", ""]
+        elif kind == "table":
+            head, rows = val
+            out.append("| " + " | ".join(head) + " |")
+            out.append("|" + "---|" * len(head))
+            out += ["| " + " | ".join(r) + " |" for r in rows]
+            out.append("")
+    return "\n".join(out)
+
+
+def _inline_md(text: str) -> str:
+    """The little Markdown the blocks use (**bold**, `code`, *em*) as HTML."""
+    import re
+
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", t)
+    t = re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+    return re.sub(r"\*(.+?)\*", r"<em>\1</em>", t)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid
+#ccc;padding:.25em .5em;text-align:right}th{background:#f4f4f4}td:first-child,th:first-child
+{text-align:left}img{max-width:100%}code{background:#f4f4f4;padding:0 .2em}"""
+
+
+def _html(title: str, blocks: Sequence[Block], images: Mapping[str, bytes]) -> str:
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+           f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for kind, val in blocks:
+        if kind == "h2":
+            out.append(f"<h2>{html.escape(val)}</h2>")
+        elif kind == "p":
+            out.append(f"<p>{_inline_md(val)}</p>")
+        elif kind == "img" and val in images:
+            data = base64.b64encode(images[val]).decode()
+            out.append(f"<img alt='{val}' src='data:image/png;base64,{data}'>")
+        elif kind == "table":
+            head, rows = val
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+                       + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                    for r in rows]
+            out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------
+
+
+def _fig_png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_effects(effects: Sequence[Effect], spec: StudySpec) -> bytes:
+    plt = _pyplot()
+    s = 100.0 if spec.verdict_metric.endswith("accuracy") else 1.0
+    shown = [e for e in effects if e.n]
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(shown) + 1.6))
+    ax.axvspan(-spec.margin * s, spec.margin * s, color="#cfe8cf", label="equivalence margin")
+    ax.axvline(0, color="#555", lw=1)
+    colors = {"better": "#1a7f37", "worse": "#cf222e", "equivalent": "#0969da",
+              "inconclusive": "#9a6700"}
+    for i, e in enumerate(shown):
+        y = len(shown) - 1 - i
+        jitter = [(y - 0.25 + 0.5 * ((k * 0.618) % 1)) for k in range(len(e.differences))]
+        ax.scatter([d * s for d in e.differences], jitter, s=8, color="#999", zorder=2)
+        lo = e.ci_low if math.isfinite(e.ci_low) else e.mean
+        hi = e.ci_high if math.isfinite(e.ci_high) else e.mean
+        ax.errorbar(e.mean * s, y, xerr=[[(e.mean - lo) * s], [(hi - e.mean) * s]], fmt="o",
+                    color=colors[e.verdict], capsize=4, zorder=3)
+    ax.set_yticks(range(len(shown)))
+    ax.set_yticklabels([f"{_v(e.level)} vs {_v(e.reference)} ({e.group}, n={e.n}): "
+                        f"{e.verdict}" for e in reversed(shown)])
+    unit = " (pp)" if s == 100.0 else ""
+    ax.set_xlabel(f"paired difference in {spec.verdict_metric}{unit}: mean, 95% CI, pairs")
+    ax.set_title(f"{spec.compare_knob}: effect on {spec.verdict_metric}")
+    ax.legend(loc="lower right", fontsize=8)
+    return _fig_png(fig)
+
+
+def _plot_curves(curve_sets: Mapping[str, Any], spec: StudySpec) -> bytes:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(curve_sets), figsize=(6 * len(curve_sets), 4),
+                             squeeze=False)
+    metric = spec.verdict_metric if spec.compare_knob else spec.metric
+    for ax, (x, series) in zip(axes[0], curve_sets.items(), strict=True):
+        for label, pts in series.items():
+            xs = [p.x for p in pts]
+            ms = [p.mean for p in pts]
+            sd = [p.sd for p in pts]
+            ax.plot(xs, ms, marker="o", label=label)
+            ax.fill_between(xs, [m - d for m, d in zip(ms, sd, strict=True)],
+                            [m + d for m, d in zip(ms, sd, strict=True)], alpha=0.15)
+        ax.set_xlabel(x)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _fig_png(fig)
+
+
+def _plot_importance(imp: Mapping[str, float]) -> bytes:
+    plt = _pyplot()
+    items = sorted(imp.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(items) + 1.2))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="#0969da")
+    ax.set_xlabel("importance (fANOVA)")
+    return _fig_png(fig)
+
+
+# --------------------------------------------------------------------------------------
+# Reading back from the stores
+# --------------------------------------------------------------------------------------
+
+
+def importance(storage: Any, study_name: str) -> tuple[dict[str, float] | None, str]:
+    """Parameter importance over the study's complete trials, or why it is not available."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        done = [t for t in study.get_trials(deepcopy=False)
+                if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(done) < 2:
+            return None, f"{len(done)} complete trial(s); at least 2 are needed"
+        ev = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        imp = optuna.importance.get_param_importances(study, evaluator=ev)
+        if not imp:
+            return None, "no parameter varies across the complete trials"
+        return {k: float(v) for k, v in imp.items()}, ""
+    except Exception as e:  # reported in the document, never silently dropped
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _typed(knob: str, text: str | None) -> Any:
+    if text is None:
+        return None
+    kind = KNOBS[knob].kind
+    if kind is bool:
+        return text == "True"
+    if kind is int:
+        return int(float(text))
+    if kind is float:
+        return float(text)
+    return text
+
+
+def runs_from_mlflow(tracking_uri: str, name: str, execution: str | None = None,
+                     ) -> tuple[StudySpec, list[dict[str, Any]], Any]:
+    """The spec (from the parent run's spec.yaml), one row per child run, and the parent.
+
+    `name` is a study name (its latest execution) or an execution id.
+    """
+    import tempfile
+
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from study.spec import SpecError
+
+    client = MlflowClient(tracking_uri)
+    execution = execution or (name if client.get_experiment_by_name(name) is None else None)
+    exps = client.search_experiments()
+    if execution:
+        parents = client.search_runs([e.experiment_id for e in exps],
+                                     f"tags.`study.execution` = '{execution}'",
+                                     order_by=["attributes.start_time DESC"], max_results=1)
+    else:
+        exp = client.get_experiment_by_name(name)
+        parents = client.search_runs([exp.experiment_id], "tags.`study.execution` != ''",
+                                     order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        known = sorted(e.name for e in exps if e.name != "Default")
+        raise SpecError(f"no study execution {execution or name!r} in MLflow at "
+                        f"{tracking_uri}. Studies there: {', '.join(known) or 'none'}.")
+    parent = parents[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(parent.info.run_id, "spec.yaml", tmp)
+        raw = yaml.safe_load(Path(path).read_text())
+    spec = parse_spec(raw, source=f"MLflow run {parent.info.run_id}: spec.yaml",
+                      check_paths=False)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        max_results=50_000)
+    rows = []
+    for c in children:
+        p, t = c.data.params, c.data.tags
+        params = {k: _typed(k, p.get(k)) for k in KNOBS if k in p}
+        rows.append({
+            "run_key": t.get("study.run_key"), "config": int(t["study.config"]),
+            "optuna_trial": int(t.get("study.optuna_trial", -1)),
+            "level": params.get(spec.compare_knob) if spec.compare_knob else None,
+            "seed": int(t["study.seed"]), "pair": t.get("study.pair"),
+            "status": t.get("study.status", "unknown"),
+            **{f"param.{k}": v for k, v in params.items()},
+            **c.data.metrics, "mlflow_run_id": c.info.run_id,
+        })
+    rows.sort(key=lambda r: (r["config"], r["seed"], repr(r["level"])))
+    return spec, rows, parent
+
+
+def rebuild(name: str, *, tracking_uri: str | None = None, optuna_storage: str | None = None,
+            execution: str | None = None, out_dir: str | Path | None = None,
+            log_to_mlflow: bool = True) -> tuple[Report, StudySpec, Path]:
+    """Rebuild a study's report from MLflow and Optuna alone (no Ray)."""
+    import os
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    from study.spec import _absolute_sqlite
+
+    uri = _absolute_sqlite(uri)
+    spec, rows, parent = runs_from_mlflow(uri, name, execution)
+    tags = parent.data.tags
+    exe = tags.get("study.execution", parent.info.run_name)
+    storage = optuna_storage or tags.get("optuna.storage", "")
+    if not storage or "***" in storage:
+        storage = spec.optuna_storage
+    imp, note = importance(storage, tags.get("optuna.study_name", exe))
+    report = build_report(ReportInput(spec=spec, execution=exe, rows=rows, importance=imp,
+                                      importance_note=note, parent_run_id=parent.info.run_id,
+                                      tracking_uri=uri, status=tags.get("study.status", "?")))
+    folder = Path(out_dir) if out_dir else Path(spec.results_dir) / exe / "report"
+    report.write(folder)
+    if log_to_mlflow:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(uri).log_artifacts(parent.info.run_id, str(folder), "report")
+    return report, spec, folder
