@@ -75,7 +75,7 @@ class Effect:
         elif self.verdict in ("better", "worse"):
             tail = f"{self.verdict} (p={self.p_value:.2g})"
         else:
-            more = f"; about {self.pairs_needed} pairs would likely settle it" \
+            more = f"; about {self.pairs_needed} pairs in all would likely settle it" \
                 if self.pairs_needed else ""
             tail = f"inconclusive{more}"
         extra = []

@@ -33,31 +33,42 @@ def pool_positions(depth: int, size: int) -> list[int]:
 
 
 class ConvUnit(nn.Module):
-    """3x3 conv -> norm -> ReLU, with an optional identity shortcut around conv and norm."""
+    """3x3 conv -> norm -> ReLU, with an optional identity shortcut around conv and norm.
 
-    def __init__(self, cin: int, cout: int, *, bias: bool, norm: str, residual: bool) -> None:
+    `branch_init="zero"` scales the residual branch by a learnable gain that starts at 0
+    (SkipInit, De & Smith 2020): every unit starts as the identity, which lets deep residual
+    nets without normalization train (with "default" their activations grow with depth).
+    """
+
+    def __init__(self, cin: int, cout: int, *, bias: bool, norm: str, residual: bool,
+                 branch_init: str = "default") -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
         self.norm = nn.BatchNorm2d(cout) if norm == "batch" else nn.Identity()
         self.residual = residual and cin == cout
+        self.gain = nn.Parameter(torch.zeros(1)) if self.residual and branch_init == "zero" \
+            else None
         self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(self.conv(x))
-        return self.act(x + y if self.residual else y)
+        if not self.residual:
+            return self.act(y)
+        return self.act(x + (y if self.gain is None else self.gain * y))
 
 
 class CNN(nn.Module):
     def __init__(self, *, in_channels: int, image_size: int, num_classes: int, depth: int,
                  width: int, bias: bool, norm: str, residual: bool, pool: str,
-                 fc_layers: int, fc_width: int, fc_bias: bool) -> None:
+                 fc_layers: int, fc_width: int, fc_bias: bool,
+                 branch_init: str = "default") -> None:
         super().__init__()
         if depth < 1 or width < 1:
             raise ValueError(f"depth and width must be >= 1 (depth={depth}, width={width})")
         self.pools = set(pool_positions(depth, image_size))
         self.units = nn.ModuleList(
             ConvUnit(in_channels if i == 0 else width, width, bias=bias, norm=norm,
-                     residual=residual and i > 0)
+                     residual=residual and i > 0, branch_init=branch_init)
             for i in range(depth)
         )
         self.pool = nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)
@@ -87,7 +98,8 @@ def build_model(run: Mapping[str, Any], input_shape: tuple[int, int, int],
         model = CNN(in_channels=c, image_size=min(h, w), num_classes=num_classes,
                     depth=run["depth"], width=run["width"], bias=run["bias"], norm=run["norm"],
                     residual=run["residual"], pool=run["pool"], fc_layers=run["fc_layers"],
-                    fc_width=run["fc_width"], fc_bias=run["fc_bias"])
+                    fc_width=run["fc_width"], fc_bias=run["fc_bias"],
+                    branch_init=run["branch_init"])
     init_parameters(model, seed=run["seed"], init=run["init"], bias_init=run["bias_init"],
                     fc_bias_init=run["fc_bias_init"])
     return model
@@ -122,6 +134,8 @@ def init_parameters(model: nn.Module, *, seed: int, init: str, bias_init: float,
                 m.bias.fill_(bias_init if isinstance(m, nn.Conv2d) else fc_bias_init)
         elif isinstance(m, nn.BatchNorm2d):
             m.reset_parameters()
+        elif isinstance(m, ConvUnit) and m.gain is not None:
+            m.gain.zero_()
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ def verdict_table(report: Report, spec: StudySpec) -> str:
         comp = f"{spec.compare_knob}={_v(e.level)} vs {_v(e.reference)}"
         if e.n:
             ci = f"[{e.ci_low * s:+.2f}, {e.ci_high * s:+.2f}]" if e.n > 1 else "n/a"
-            verdict = e.verdict + (f" (~{e.pairs_needed} pairs needed)"
+            verdict = e.verdict + (f" (~{e.pairs_needed} pairs in all needed)"
                                    if e.pairs_needed else "")
             lines.append(f"{comp:<34} {e.group:<16} {e.n:>4} {e.mean * s:>+13.2f}  {ci:<19} "
                          f"{verdict}")
@@ -161,7 +161,7 @@ def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str,
                 f"{spec.compare_knob}={_v(e.level)} vs {_v(e.reference)}", e.group, str(e.n),
                 _f(e.mean_reference * s), _f(e.mean_level * s), _f(e.mean * s, sign=True),
                 f"[{_f(e.ci_low * s, sign=True)}, {_f(e.ci_high * s, sign=True)}]",
-                _p(e.p_value), _p(e.tost_p), e.verdict + (f" (~{e.pairs_needed} pairs)"
+                _p(e.p_value), _p(e.tost_p), e.verdict + (f" (~{e.pairs_needed} pairs in all)"
                                                           if e.pairs_needed else ""),
                 str(e.excluded_pairs), str(e.diverged_pairs)])
         b.append(("table", ([
@@ -194,9 +194,10 @@ def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str,
               + f". Model `{spec.model}`. Fixed: {fixed}. Searched: {space}. "
               f"Sampler `{spec.sampler}` (seed {spec.seed}), {spec.trials} configurations x "
               f"{len(spec.levels)} levels x {spec.repeats} seeds. Weight init "
-              f"`{_v(spec.fixed.get('init', 'searched'))}` and learning rate "
-              f"`{_v(spec.fixed.get('lr', 'searched'))}`: both decide whether deep plain "
-              "nets train at all, so read every number with them."))
+              f"`{_v(spec.fixed.get('init', 'searched'))}`, residual branch init "
+              f"`{_v(spec.fixed.get('branch_init', 'searched'))}` and learning rate "
+              f"`{_v(spec.fixed.get('lr', 'searched'))}` decide whether deep nets train at "
+              "all: read every number with them."))
     if curve_sets:
         metric = spec.verdict_metric if spec.compare_knob else spec.metric
         b.append(("h2", "Depth and width"))

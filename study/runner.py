@@ -54,20 +54,50 @@ def trainable(config: dict[str, Any]) -> None:
     device = _device(bool(config["gpu"]))
     data = load_tensors(DatasetSpec(**config["dataset"]), device)
     run = config["run"]
-    if os.environ.get("STUDY_INJECT_FAILURE") == f"{config['study']}/{run['run_key']}":
-        raise RuntimeError(f"injected failure for {run['run_key']} (STUDY_INJECT_FAILURE)")
+    die_after = _injected_failure(f"{config['study']}/{run['run_key']}")
     ctx = ray.get_runtime_context()
     where = {"node_id": ctx.get_node_id(), "host": socket.gethostname(),
              "device": str(device)}
 
-    def on_epoch(metrics: dict[str, float], outcome: RunOutcome) -> None:
+    every = int(config.get("checkpoint_every", 0))
+    start_state = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:  # a retry: continue after the last checkpointed epoch
+        with ckpt.as_directory() as d:
+            start_state = torch.load(Path(d) / "state.pt", map_location=device,
+                                     weights_only=False)
+
+    def on_epoch(metrics: dict[str, float], outcome: RunOutcome, snapshot: Any) -> None:
         status = outcome.status
         if status == "completed" and metrics["epoch"] < run["epochs"]:
             status = "running"
-        tune.report({**metrics, **where, "run_key": run["run_key"], "status": status,
-                     "model_params": outcome.params, "macs": outcome.macs})
+        report = {**metrics, **where, "run_key": run["run_key"], "status": status,
+                  "model_params": outcome.params, "macs": outcome.macs}
+        if every and status == "running" and metrics["epoch"] % every == 0:
+            import tempfile
 
-    train_run(run, data, device=device, on_epoch=on_epoch)
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(snapshot(), Path(d) / "state.pt")
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            tune.report(report)
+        if die_after is not None and start_state is None and metrics["epoch"] == die_after:
+            os._exit(1)  # injected: the worker process dies (first attempt only)
+
+    train_run(run, data, device=device, on_epoch=on_epoch, start_state=start_state)
+
+
+def _injected_failure(run_id: str) -> int | None:
+    """Fault injection for tests and drills, from STUDY_INJECT_FAILURE (comma-separated):
+    ``study/run_key`` raises at the start of every attempt; ``study/run_key@N`` kills the
+    worker process after epoch N of the first attempt. Returns N, or None."""
+    for item in filter(None, os.environ.get("STUDY_INJECT_FAILURE", "").split(",")):
+        target, _, epoch = item.strip().partition("@")
+        if target == run_id:
+            if not epoch:
+                raise RuntimeError(f"injected failure for {run_id} (STUDY_INJECT_FAILURE)")
+            return int(epoch)
+    return None
 
 
 def _device(want_gpu: bool) -> str:
@@ -378,13 +408,14 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": spec.cpu, "gpu": spec.gpu}),
         param_space={"study": spec.name, "dataset": dataset, "threads": threads,
-                     "gpu": spec.gpu > 0},
+                     "gpu": spec.gpu > 0, "checkpoint_every": spec.checkpoint_every},
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.total_runs,
                                     max_concurrent_trials=spec.concurrency,
                                     reuse_actors=True, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=execution, storage_path=str(results_dir), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[callback]),
     )
     status = "failed"

@@ -107,6 +107,8 @@ KNOBS: dict[str, Knob] = _knobs(
     Knob("bias_init", "model", float, 0.0, "constant the conv biases start at"),
     Knob("norm", "model", str, "none", "normalization after each conv", choices=("none", "batch")),
     Knob("residual", "model", bool, False, "identity shortcut around each conv after the first"),
+    Knob("branch_init", "model", str, "default", "residual branch scale at init: 'zero' is a "
+         "learnable gain starting at 0 (SkipInit)", choices=("default", "zero")),
     Knob("init", "model", str, "kaiming", "weight init", choices=("kaiming", "xavier", "default")),
     Knob("pool", "model", str, "max", "2x2 downsampling between stages", choices=("max", "avg")),
     Knob("fc_layers", "model", int, 0, "hidden fully connected layers before the classifier",
@@ -224,6 +226,7 @@ class StudySpec:
     gpu: float
     concurrency: int | None
     retries: int
+    checkpoint_every: int  # epochs between checkpoints a retried run continues from; 0: never
     optuna_storage: str
     tracking_uri: str
     results_dir: str
@@ -542,10 +545,13 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
         c.fail("resources.gpu", res.get("gpu"), "a fraction in (0, 1] or a whole number of "
                "GPUs")
 
-    ex = c.mapping("execution", top.get("execution"), ["concurrency", "retries"])
+    ex = c.mapping("execution", top.get("execution"),
+                   ["concurrency", "retries", "checkpoint_every"])
     conc_raw = ex.get("concurrency")
     concurrency = None if conc_raw is None else c.integer("execution.concurrency", conc_raw, 1)
     retries = c.integer("execution.retries", ex.get("retries", 2), low=0)
+    checkpoint_every = c.integer("execution.checkpoint_every",
+                                 ex.get("checkpoint_every", 1), low=0)
 
     st = c.mapping("storage", top.get("storage"), ["optuna", "tracking", "results"])
     optuna_storage = st.get("optuna") or os.environ.get("STUDY_OPTUNA_STORAGE") \
@@ -568,7 +574,7 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
         startup_trials=startup_trials, pending=pending, metric=metric,
         mode=mode, verdict_metric=verdict_metric, verdict_mode=verdict_mode, margin=margin,
         verdict_by=tuple(by_list), alpha=alpha, cpu=cpu, gpu=gpu, concurrency=concurrency,
-        retries=retries,
+        retries=retries, checkpoint_every=checkpoint_every,
         optuna_storage=optuna_storage, tracking_uri=tracking_uri, results_dir=results_dir,
         source=source, raw=_deepcopy(raw),
     )

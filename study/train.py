@@ -71,13 +71,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return loss.item() / len(x), correct.item() / len(x)
 
 
+EpochHook = Callable[[dict[str, float], RunOutcome, Callable[[], dict[str, Any]]], None]
+
+
 def train_run(run: Mapping[str, Any], data: TensorData, *, device: str | torch.device = "cpu",
-              on_epoch: Callable[[dict[str, float], RunOutcome], None] | None = None,
-              ) -> RunOutcome:
+              on_epoch: EpochHook | None = None,
+              start_state: Mapping[str, Any] | None = None) -> RunOutcome:
     """Train the model `run` describes on `data` (already on `device`).
 
     `run` holds every knob (see ``study.spec.KNOBS``) plus ``seed``. `on_epoch` receives each
-    epoch's metrics as they are measured, and the outcome so far (status, sizes).
+    epoch's metrics as they are measured, the outcome so far (status, sizes) and a function
+    that returns the full training state (model, optimizer, batch-order generator, history)
+    for a checkpoint. `start_state`, such a state, continues a run after its last epoch:
+    on the CPU the numbers are exactly those of an uninterrupted run.
     """
     seed = int(run["seed"])
     model = build_model(run, data.input_shape, data.num_classes)
@@ -88,9 +94,23 @@ def train_run(run: Mapping[str, Any], data: TensorData, *, device: str | torch.d
     n = len(data.x_train)
     bs = int(run["batch_size"])
     out = RunOutcome(status="completed", epochs=0, params=stats.params, macs=stats.macs)
-    t_start = time.perf_counter()
+    first = 1
+    if start_state is not None:
+        model.load_state_dict(start_state["model"])
+        opt.load_state_dict(start_state["optimizer"])
+        batch_gen.set_state(start_state["batch_gen"])
+        out.history = [dict(h) for h in start_state["history"]]
+        out.epochs = first = int(start_state["epoch"])
+        first += 1
+
+    def snapshot() -> dict[str, Any]:
+        return {"epoch": out.epochs, "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "batch_gen": batch_gen.get_state(),
+                "history": list(out.history)}
+
+    t_start = time.perf_counter() - (out.history[-1]["train_seconds"] if out.history else 0.0)
     model.train()
-    for epoch in range(1, int(run["epochs"]) + 1):
+    for epoch in range(first, int(run["epochs"]) + 1):
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=batch_gen).to(data.x_train.device)
         loss_sum = torch.zeros((), device=data.x_train.device)
@@ -129,7 +149,7 @@ def train_run(run: Mapping[str, Any], data: TensorData, *, device: str | torch.d
                 max(data.num_classes, 2)):
             out.status = "diverged"
         if on_epoch is not None:
-            on_epoch(metrics, out)
+            on_epoch(metrics, out, snapshot)
         if out.status == "diverged":
             break
     out.train_seconds = time.perf_counter() - t_start

@@ -26,7 +26,7 @@ def ray_local():
 
     os.environ.pop("RAY_ADDRESS", None)
     # Fault injection for the crash test is read by the workers from their environment.
-    os.environ["STUDY_INJECT_FAILURE"] = "crashy/c000-lr=0.05-s0"
+    os.environ["STUDY_INJECT_FAILURE"] = "crashy/c000-lr=0.05-s0,retry/c000-s0@2"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -159,3 +159,20 @@ def test_cli_run_prints_summary(workdir):
     assert f"mlflow ui --backend-store-uri sqlite:///{workdir}/mlflow.db" in r.stdout
     _, parents, children = mlflow_runs("conv_bias_bn")
     assert len(parents) == 1 and len(children) == 2
+
+
+def test_worker_death_is_retried_from_the_last_checkpoint(ray_local, workdir):
+    raw = tiny_spec(name="retry", repeats=1, space={}, search={"trials": 1}, compare=None,
+                    train={"epochs": 4, "batch_size": 32})
+    del raw["compare"]
+    res = study.run(write_spec(workdir / "r.yaml", raw), echo=None)
+    (rec,) = res.runs
+    assert res.status == "finished" and rec.status == "completed" and rec.epochs == 4
+    client, _, (child,) = mlflow_runs("retry")
+    hist = client.get_metric_history(child.info.run_id, "val_accuracy")
+    assert sorted(m.step for m in hist) == [1, 2, 3, 4]  # each epoch logged exactly once
+    # continuing from the epoch-2 checkpoint gives the numbers of an uninterrupted run
+    raw["name"] = "noretry"
+    ref = study.run(write_spec(workdir / "n.yaml", raw), echo=None)
+    assert [h["val_accuracy"] for h in ref.runs[0].history] == \
+        [h["val_accuracy"] for h in rec.history]

@@ -34,6 +34,17 @@ def test_parameter_counts(bias, norm):
         assert st.params == expected_params(3, d, w, 10, bias=bias, norm=norm)
 
 
+def test_zero_branch_init_adds_one_gain_per_residual_unit_and_starts_as_identity():
+    plain = build_model(run_of(depth=6, width=8, residual=True), (1, 8, 8), 10)
+    skip = build_model(run_of(depth=6, width=8, residual=True, branch_init="zero"), (1, 8, 8),
+                       10)
+    assert model_stats(skip, (1, 8, 8)).params == model_stats(plain, (1, 8, 8)).params + 5
+    x = torch.relu(torch.randn(2, 8, 4, 4))
+    assert torch.equal(skip.units[3](x), x)  # gain 0: the unit is the identity on ReLU inputs
+    equal, _ = shared_params_equal(plain, skip)
+    assert equal
+
+
 def test_bias_off_removes_exactly_the_conv_biases():
     on = build_model(run_of(depth=5, width=16, bias=True), (1, 8, 8), 10)
     off = build_model(run_of(depth=5, width=16, bias=False), (1, 8, 8), 10)

@@ -222,3 +222,19 @@ def test_unreachable_tracking_server_is_a_clear_error():
         port = s.getsockname()[1]
     with pytest.raises(TrackingError, match="unreachable.*mlflow server"):
         check_tracking_uri(f"http://127.0.0.1:{port}", timeout=2)
+
+
+def test_verdict_fields(tmp_path):
+    s = parse_spec(tiny_spec(verdict={"equivalence_margin": 0.01, "by": "depth"}))
+    assert s.verdict_metric == "test_accuracy" and s.margin == 0.01
+    assert s.verdict_by == ("depth",) and s.verdict_mode == "max"
+    raw = tiny_spec(verdict={"metric": "val_loss"})
+    assert parse_spec(raw).verdict_mode == "min"
+    no_compare = tiny_spec(verdict={"equivalence_margin": 0.01})
+    del no_compare["compare"]
+    msg = error_of(tmp_path, no_compare)
+    assert "`verdict`" in msg and "compare" in msg
+    msg = error_of(tmp_path, tiny_spec(verdict={"by": "norm"}))
+    assert "`verdict.by`" in msg and "searched" in msg and "depth, lr" in msg
+    msg = error_of(tmp_path, tiny_spec(verdict={"equivalence_margin": 0}))
+    assert "`verdict.equivalence_margin`" in msg and "> 0" in msg

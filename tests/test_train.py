@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from study.data import load_tensors
@@ -35,7 +37,7 @@ def test_exploding_loss_is_diverged_not_a_crash():
     data = load_tensors(DATA)
     seen = []
     out = train_run(BASE | {"lr": 1e6, "epochs": 5}, data,
-                    on_epoch=lambda m, o: seen.append((m["epoch"], o.status)))
+                    on_epoch=lambda m, o, snap: seen.append((m["epoch"], o.status)))
     assert out.status == "diverged"
     assert out.epochs < 5 and seen[-1] == (out.epochs, "diverged")
     nan = train_run(BASE | {"lr": float("nan")}, data)
@@ -72,3 +74,22 @@ def test_batchnorm_pair_bias_is_cancelled_exactly_in_training():
                 assert pair < 1e-3 and pair < seeds / 10
             else:
                 assert pair > 1e-2  # the running-mean warm-up carries the bias constant
+
+
+def test_resume_from_a_checkpoint_gives_the_same_numbers():
+    torch.set_num_threads(1)
+    data = load_tensors(DATA)
+    run = BASE | {"epochs": 4, "norm": "batch", "optimizer": "adam", "lr": 0.01}
+    straight = train_run(run, data)
+    states = {}
+
+    def keep(m, o, snap):
+        if m["epoch"] == 2:
+            states["s"] = snap()
+            raise KeyboardInterrupt  # the worker dies after epoch 2
+
+    with contextlib.suppress(KeyboardInterrupt):
+        train_run(run, data, on_epoch=keep)
+    resumed = train_run(run, data, start_state=states["s"])
+    assert resumed.epochs == 4 and len(resumed.history) == 4
+    assert strip_times(resumed.history) == strip_times(straight.history)
