@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from study.results import ConfigRecord, RunRecord, StudyResult
 
 __all__ = ["ConfigRecord", "RunRecord", "SpecError", "StudyResult", "StudySpec", "load_spec",
-           "run"]
+           "resume", "run"]
 __version__ = "0.1.0"
 
 
@@ -31,6 +31,13 @@ def run(spec: Any, *, overrides: dict[str, Any] | None = None, **kwargs: Any) ->
     from study.runner import run as _run
 
     return _run(spec, overrides=overrides, **kwargs)
+
+
+def resume(target: Any, **kwargs: Any) -> StudyResult:
+    """Continue an interrupted execution; see :func:`study.runner.resume`."""
+    from study.runner import resume as _resume
+
+    return _resume(target, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
                    metavar="KEY=VALUE", help="override a field (repeatable), e.g. "
                    "--set search.trials=2 --set train.epochs=1")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
+    rs = sub.add_parser("resume", help="continue an interrupted study execution")
+    rs.add_argument("target", help="the spec file, the study name (its latest execution) or "
+                    "an execution id")
+    rs.add_argument("--tracking-uri", help="MLflow store, when TARGET is not a spec file "
+                    "(default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    rs.add_argument("--quiet", action="store_true", help="no progress lines")
     rp = sub.add_parser("report", help="rebuild a study's report from MLflow and Optuna "
                         "(no Ray)")
     rp.add_argument("name", help="a study name (its latest execution) or an execution id")
@@ -64,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "resume":
+            return _run(args)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -71,12 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from study.runner import run
+    from study.runner import resume, run
     from study.tracking import TrackingError
 
-    spec = load_spec(args.spec, overrides=_overrides(args.overrides))
+    echo = None if args.quiet else _err
     try:
-        result = run(spec, echo=None if args.quiet else _err)
+        if args.command == "resume":
+            result = resume(args.target, tracking_uri=args.tracking_uri, echo=echo)
+        else:
+            spec = load_spec(args.spec, overrides=_overrides(args.overrides))
+            result = run(spec, echo=echo)
     except TrackingError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -495,6 +495,7 @@ def runs_from_mlflow(tracking_uri: str, name: str, execution: str | None = None,
             "level": params.get(spec.compare_knob) if spec.compare_knob else None,
             "seed": int(t["study.seed"]), "pair": t.get("study.pair"),
             "status": t.get("study.status", "unknown"),
+            "epochs": int(t.get("study.epochs", 0)),
             **{f"param.{k}": v for k, v in params.items()},
             **c.data.metrics, "mlflow_run_id": c.info.run_id,
         })

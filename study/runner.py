@@ -6,13 +6,16 @@ The driver owns every store: Optuna's RDB storage (through the searcher) and MLf
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import math
 import os
 import secrets
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -363,21 +366,10 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
         spec = load_spec(spec, overrides=overrides)
     elif overrides:
         raise ValueError("overrides apply to a spec file; pass a path, not a StudySpec")
-
     t0 = time.monotonic()
-    from study.tracking import MlflowWriter, check_tracking_uri
-
-    check_tracking_uri(spec.tracking_uri)
-    storage = _open_optuna_storage(spec)
-    # Per-trial JSON/CSV/TensorBoard files duplicate what MLflow holds: off. Tune's result
-    # grid then warns that it has no metrics to load; we build results from the callback.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    _init_ray()
-    cluster = _check_cluster(spec)
-
+    storage, cluster = _prepare(spec)
     from study.searcher import BlockSearcher
+    from study.tracking import MlflowWriter
 
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     execution = f"{spec.name}-{stamp}-{secrets.token_hex(2)}"
@@ -386,6 +378,7 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
         spec.tracking_uri, spec.name, parent_name=execution,
         parent_tags={"study.name": spec.name, "study.execution": execution,
                      "study.question": spec.question, "study.spec_file": spec.source,
+                     "study.status": "running",
                      "optuna.storage": _redact(spec.optuna_storage),
                      "optuna.study_name": execution,
                      "ray.address": os.environ.get("RAY_ADDRESS", "local"),
@@ -399,6 +392,113 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
              f"MLflow {spec.tracking_uri} (experiment {spec.name!r}); "
              f"Optuna {_redact(spec.optuna_storage)}")
     callback = StudyCallback(spec, writer, echo)
+    return _execute(spec, execution, execution, searcher, writer, callback, storage,
+                    spec.total_runs, echo, t0)
+
+
+def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
+           echo: Echo | None = _stderr) -> StudyResult:
+    """Continue an interrupted study execution (driver killed, Ctrl-C, SIGTERM).
+
+    `target` is a spec file, a study name (its latest execution) or an execution id. The
+    execution's own spec (its parent run's spec.yaml) is what continues. Finished runs are
+    kept, never re-run; runs the dead driver left unfinished are deleted from MLflow and run
+    again; configurations Optuna was asked for are reused, not asked again; the parent run
+    is reused. The counts of runs, MLflow child runs and Optuna trials end as those of an
+    uninterrupted execution.
+    """
+    from study.report import runs_from_mlflow
+    from study.searcher import BlockSearcher
+    from study.spec import _absolute_sqlite
+    from study.tracking import MlflowWriter, check_tracking_uri
+
+    t0 = time.monotonic()
+    if Path(target).is_file():
+        given = load_spec(target)
+        name, uri = given.name, given.tracking_uri
+    else:
+        name = str(target)
+        uri = _absolute_sqlite(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                               or "sqlite:///mlflow.db")
+    check_tracking_uri(uri)
+    spec, rows, parent = runs_from_mlflow(uri, name)
+    tags = parent.data.tags
+    execution = tags["study.execution"]
+    if tags.get("study.status") == "finished":
+        raise SpecError(f"study execution {execution} finished: nothing to resume "
+                        f"(`study report {execution}` rebuilds its report).")
+    stored = tags.get("optuna.storage", "")
+    if stored and "***" not in stored:
+        spec = dataclasses.replace(spec, optuna_storage=stored)
+    spec = dataclasses.replace(spec, tracking_uri=uri)
+    storage, cluster = _prepare(spec)
+    done = {r["run_key"]: r for r in rows if r["status"] in ENDED}
+    stale = [r for r in rows if r["status"] not in ENDED]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    for r in stale:  # left RUNNING (driver killed) or KILLED (stopped): run again, afresh
+        client.set_tag(r["mlflow_run_id"], "study.superseded_by_resume", "true")
+        client.delete_run(r["mlflow_run_id"])
+    searcher = BlockSearcher(spec, storage=storage, study_name=execution)
+    remaining = searcher.restore_progress(
+        {k: _usable_value(r, spec.metric) for k, r in done.items()})
+    n_resume = int(tags.get("study.resumes", "0")) + 1
+    client.update_run(parent.info.run_id, status="RUNNING")
+    writer = MlflowWriter(uri, spec.name, parent_name=execution,
+                          parent_tags={"study.status": "running", "study.resumes": n_resume},
+                          parent_params={}, parent_run_id=parent.info.run_id)
+    writer.child_ids.update({k: r["mlflow_run_id"] for k, r in done.items()})
+    callback = StudyCallback(spec, writer, echo)
+    for r in done.values():
+        callback.records[r["run_key"]] = _record_from_row(r)
+        callback.children.add(r["run_key"])
+    if echo:
+        echo(f"resuming {execution}: {len(done)} of {spec.total_runs} runs done and kept, "
+             f"{len(stale)} unfinished run(s) to run again, {remaining} runs left; Ray "
+             f"{cluster['CPU']:g} CPU / {cluster['GPU']:g} GPU")
+    return _execute(spec, execution, f"{execution}-resume{n_resume}", searcher, writer,
+                    callback, storage, remaining, echo, t0)
+
+
+ENDED = ("completed", "diverged", "failed")
+
+
+def _usable_value(row: Mapping[str, Any], metric: str) -> float | None:
+    v = row.get(metric)
+    if row.get("status") == "failed" or not isinstance(v, (int, float)):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+def _record_from_row(r: Mapping[str, Any]) -> RunRecord:
+    params = {k[len("param."):]: v for k, v in r.items() if k.startswith("param.")}
+    metrics = {k: float(r[k]) for k in METRIC_KEYS if isinstance(r.get(k), (int, float))}
+    return RunRecord(run_key=r["run_key"], config=r["config"], optuna_trial=r["optuna_trial"],
+                     level=r["level"], seed=r["seed"], pair=r["pair"], params=params,
+                     status=r["status"], epochs=int(r.get("epochs") or 0),
+                     metrics=metrics, mlflow_run_id=r["mlflow_run_id"])
+
+
+def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
+    """Everything that must hold before any run starts: stores reachable, Ray up, the
+    resources the spec asks for present."""
+    from study.tracking import check_tracking_uri
+
+    check_tracking_uri(spec.tracking_uri)
+    storage = _open_optuna_storage(spec)
+    # Per-trial JSON/CSV/TensorBoard files duplicate what MLflow holds: off. Tune's result
+    # grid then warns that it has no metrics to load; we build results from the callback.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    _init_ray()
+    return storage, _check_cluster(spec)
+
+
+def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, writer: Any,
+             callback: StudyCallback, storage: Any, num_samples: int, echo: Echo | None,
+             t0: float) -> StudyResult:
     results_dir = Path(spec.results_dir).resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
     dataset = spec.dataset.as_dict()
@@ -409,24 +509,30 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
         tune.with_resources(trainable, {"cpu": spec.cpu, "gpu": spec.gpu}),
         param_space={"study": spec.name, "dataset": dataset, "threads": threads,
                      "gpu": spec.gpu > 0, "checkpoint_every": spec.checkpoint_every},
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.total_runs,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(num_samples, 1),
                                     max_concurrent_trials=spec.concurrency,
                                     reuse_actors=True, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name=execution, storage_path=str(results_dir), verbose=0,
+            name=tune_name, storage_path=str(results_dir), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[callback]),
     )
     status = "failed"
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM stops the study like Ctrl-C: Tune winds down, the study says interrupted.
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
-        tuner.fit()
-        ended = sum(1 for r in callback.records.values()
-                    if r.status in ("completed", "diverged", "failed"))
+        if num_samples > 0:
+            tuner.fit()
+        ended = sum(1 for r in callback.records.values() if r.status in ENDED)
         status = "finished" if ended == spec.total_runs else "interrupted"
     except KeyboardInterrupt:
         status = "interrupted"
     finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
         writer.flush()
         result = _result(spec, execution, status, callback, searcher, writer,
                          time.monotonic() - t0)

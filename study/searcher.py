@@ -47,7 +47,7 @@ class ConfigState:
 
 def aggregate(values: list[float | None]) -> float | None:
     ok = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(ok) / len(ok) if ok else None
+    return math.fsum(ok) / len(ok) if ok else None  # fsum: independent of the order
 
 
 class BlockSearcher(Searcher):
@@ -73,6 +73,9 @@ class BlockSearcher(Searcher):
             if gate >= 0 and not self.configs[gate].told:
                 return None  # wait: keeps the sampler's history deterministic
             cfg_id = f"config-{k}"
+            # A sampler seeded by (seed, k): the proposal for configuration k depends only on
+            # the seed, k and the history, also across a resume in a new process.
+            self.inner._ot_study.sampler = make_sampler(self.spec, k)
             params = self.inner.suggest(cfg_id)
             if params is None:
                 return None
@@ -96,6 +99,8 @@ class BlockSearcher(Searcher):
         if trial_id not in self.trial_runs:
             return
         k, key = self.trial_runs[trial_id]
+        if not error and (result or {}).get("status") not in ("completed", "diverged"):
+            return  # stopped before its end (interrupted): it runs again on resume
         value = None
         if result and not error:
             v = result.get(self.spec.metric)
@@ -103,6 +108,37 @@ class BlockSearcher(Searcher):
                 value = float(v)
         self.configs[k].values[key] = value
         self._tell_ready()
+
+    def restore_progress(self, done: dict[str, float | None]) -> int:
+        """Rebuild the state of an interrupted execution from its Optuna study and the runs
+        that ended (run_key -> value, None for failed). Returns the runs left to run.
+
+        Configuration k is Optuna trial number k (a fresh study per execution, asked in
+        order). Trials asked but not told are reattached, never asked again.
+        """
+        import optuna
+
+        study = self.inner._ot_study
+        trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+        for t in trials:
+            k = t.number
+            runs = expand_runs(self.spec, k, t.params)
+            for r in runs:
+                r["optuna_trial"] = k
+            cfg = ConfigState(k, dict(t.params), k, runs)
+            cfg.values = {r["run_key"]: done[r["run_key"]] for r in runs
+                          if r["run_key"] in done}
+            if t.state.is_finished():
+                cfg.told, cfg.value = True, t.value
+            else:
+                self.inner._ot_trials[f"config-{k}"] = optuna.trial.Trial(study, t._trial_id)
+            self.configs.append(cfg)
+            self.queue.extend(r for r in runs if r["run_key"] not in cfg.values)
+        told = [c.told for c in self.configs]
+        self.next_to_tell = told.index(False) if False in told else len(told)
+        self._tell_ready()
+        asked = sum(len(c.runs) - len(c.values) for c in self.configs)
+        return asked + (self.spec.trials - len(self.configs)) * self.spec.runs_per_config
 
     # -- internals --
 

@@ -51,13 +51,17 @@ class define_by_run:  # noqa: N801 - used like a function; a class so that it pi
 _MISSING = object()
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: StudySpec, config: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler that proposes configuration `config`, seeded by (search.seed, config).
+
+    QMC keeps one seed (its scrambled sequence is indexed by the trial number)."""
     import optuna
 
+    seed = (spec.seed * 1_000_003 + config) % 2**32
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=spec.startup_trials)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.startup_trials)
     if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if spec.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=spec.seed, scramble=True)
     raise ValueError(f"unknown sampler {spec.sampler!r}; allowed: tpe, random, qmc")

@@ -128,8 +128,10 @@ class MlflowWriter:
         self._put(_Op("tags", key, {"tags": dict(tags)}))
 
     def end_child(self, key: str, status: str) -> None:
-        """status: FINISHED, FAILED or KILLED."""
+        """status: FINISHED, FAILED or KILLED. Sent at once: a run's end is what a resume
+        after a killed driver relies on."""
         self._put(_Op("end", key, {"status": status}))
+        self._wake.set()
 
     def _put(self, op: _Op) -> None:
         with self._lock:

@@ -176,3 +176,77 @@ def test_worker_death_is_retried_from_the_last_checkpoint(ray_local, workdir):
     ref = study.run(write_spec(workdir / "n.yaml", raw), echo=None)
     assert [h["val_accuracy"] for h in ref.runs[0].history] == \
         [h["val_accuracy"] for h in rec.history]
+
+
+def _wait_for_finished_children(uri, name, at_least, proc, timeout=240):
+    import time
+
+    client = MlflowClient(uri)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "driver exited"
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            runs = client.search_runs([exp.experiment_id],
+                                      "tags.`study.status` = 'completed'", max_results=500)
+            if len(runs) >= at_least:
+                return
+        time.sleep(0.3)
+    raise AssertionError("the study made no progress")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_killed_driver_resumes_to_exactly_the_uninterrupted_counts(workdir, sig):
+    import signal
+
+    raw = tiny_spec(name="resumable", repeats=2, search={"sampler": "tpe", "trials": 4,
+                                                         "seed": 1, "startup_trials": 2,
+                                                         "pending": 2},
+                    train={"epochs": 3, "batch_size": 32})
+    spec_path = write_spec(workdir / "resumable.yaml", raw)
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    driver = subprocess.Popen([sys.executable, "-m", "study.cli", "run", str(spec_path)],
+                              cwd=workdir, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_finished_children(uri, "resumable", 5, driver)
+        os.killpg(driver.pid, getattr(signal, sig))  # the driver and the Ray it started
+        out, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    if sig == "SIGINT":
+        assert driver.returncode == 130, err[-2000:]
+        assert "INTERRUPTED" in err
+    else:
+        assert driver.returncode == -9
+
+    r = subprocess.run([sys.executable, "-m", "study.cli", "resume", str(spec_path)],
+                       cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming resumable-" in r.stderr
+
+    client, parents, children = mlflow_runs("resumable")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["study.status"] == "finished"
+    keys = [c.data.tags["study.run_key"] for c in children]
+    assert len(keys) == 16 and len(set(keys)) == 16  # no duplicate, none missing
+    assert all(c.info.status == "FINISHED" for c in children)
+    for c in children:
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")]
+        assert sorted(steps) == [1, 2, 3]
+    ost = optuna.load_study(study_name=parents[0].data.tags["study.execution"],
+                            storage=f"sqlite:///{workdir}/optuna.db")
+    trials = ost.get_trials()
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+
+    # the same configurations as an uninterrupted execution of the same spec
+    ref = subprocess.run([sys.executable, "-m", "study.cli", "run", str(spec_path), "--quiet"],
+                         cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    ref_exec = [ln for ln in ref.stdout.splitlines() if ln.startswith("Optuna:")][0]
+    ref_study = optuna.load_study(study_name=ref_exec.split("'")[1],
+                                  storage=f"sqlite:///{workdir}/optuna.db")
+    assert [t.params for t in ref_study.get_trials()] == [t.params for t in trials]

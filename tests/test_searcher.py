@@ -48,7 +48,8 @@ def drive(s, order_seed, slots, storage_url):
             assert finished, "the searcher stalled with nothing running"
             break
         tid = rng.choice(sorted(running))
-        searcher.on_trial_complete(tid, {s.metric: fake_metric(running.pop(tid))})
+        searcher.on_trial_complete(tid, {s.metric: fake_metric(running.pop(tid)),
+                                        "status": "completed"})
     return searcher, optuna.load_study(study_name=name, storage=storage)
 
 
@@ -98,7 +99,8 @@ def test_failed_runs_left_out_and_all_failed_is_fail(tmp_path):
     for tid, run in tids.items():
         if run["config"] == 0:
             ok = run["seed"] != 0 or run["bias"]
-            searcher.on_trial_complete(tid, {s.metric: 0.5 if ok else float("nan")})
+            searcher.on_trial_complete(tid, {s.metric: 0.5 if ok else float("nan"),
+                                             "status": "completed" if ok else "diverged"})
         else:
             searcher.on_trial_complete(tid, None, error=True)
     study = optuna.load_study(study_name="f", storage=storage)
@@ -106,3 +108,67 @@ def test_failed_runs_left_out_and_all_failed_is_fail(tmp_path):
     assert t0.state.name == "COMPLETE" and t0.value == 0.5
     assert searcher.configs[0].values["c000-bias=False-s0"] is None
     assert t1.state.name == "FAIL"
+
+
+def test_a_run_stopped_before_its_end_leaves_its_configuration_open(tmp_path):
+    s = spec(search={"sampler": "random", "trials": 1, "seed": 0}, repeats=1)
+    searcher = BlockSearcher(s, storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o.db"),
+                             study_name="stop")
+    a, _b = searcher.suggest("a"), searcher.suggest("b")
+    searcher.on_trial_complete("a", {s.metric: 0.9, "status": "completed"})
+    searcher.on_trial_complete("b", {s.metric: 0.2, "status": "running"})  # interrupted
+    assert not searcher.configs[0].complete and not searcher.configs[0].told
+    assert a["run"]["run_key"] in searcher.configs[0].values
+
+
+def test_restore_progress_continues_exactly(tmp_path):
+    """Kill the driver half-way (drop the searcher), restore from storage + ended runs: the
+    configurations, Optuna trials and told values are those of an uninterrupted search."""
+    s = spec()
+    url = f"sqlite:///{tmp_path}/o.db"
+    straight, straight_study = drive(s, 0, 3, url)
+
+    storage = optuna.storages.RDBStorage(url)
+    first = BlockSearcher(s, storage=storage, study_name="killed")
+    done, running, n = {}, {}, 0
+    rng = random.Random(1)
+    while len(done) < 11:  # some configurations told, some asked and half-run
+        cfg = first.suggest(f"t{n}")
+        if isinstance(cfg, dict):
+            running[f"t{n}"] = cfg["run"]
+            n += 1
+        if len(running) >= 3 or not isinstance(cfg, dict):
+            tid = rng.choice(sorted(running))
+            run = running.pop(tid)
+            first.on_trial_complete(tid, {s.metric: fake_metric(run), "status": "completed"})
+            done[run["run_key"]] = fake_metric(run)
+    asked_before = len(first.configs)
+    del first  # the driver dies; `running` runs are lost
+
+    second = BlockSearcher(s, storage=optuna.storages.RDBStorage(url), study_name="killed")
+    left = second.restore_progress(done)
+    assert left == s.total_runs - len(done)
+    assert len(second.configs) == asked_before
+    m = 0
+    finished = False
+    while not finished or running:
+        running = {}
+        while True:
+            cfg = second.suggest(f"r{m}")
+            if cfg == "FINISHED":
+                finished = True
+                break
+            if cfg is None:
+                break
+            running[f"r{m}"] = cfg["run"]
+            m += 1
+        for tid, run in sorted(running.items()):
+            second.on_trial_complete(tid, {s.metric: fake_metric(run), "status": "completed"})
+        if not running and not finished:
+            raise AssertionError("stalled")
+    assert m == left
+    study = optuna.load_study(study_name="killed", storage=url)
+    trials = study.get_trials()
+    assert len(trials) == s.trials and all(t.state.name == "COMPLETE" for t in trials)
+    assert [t.params for t in trials] == [t.params for t in straight_study.get_trials()]
+    assert [t.value for t in trials] == [t.value for t in straight_study.get_trials()]
