@@ -23,6 +23,7 @@ from typing import Any
 
 from ray import tune
 
+from study.checkpoints import CheckpointStore
 from study.results import ConfigRecord, RunRecord, StudyResult
 from study.spec import KNOBS, SpecError, StudySpec, load_spec
 
@@ -63,31 +64,26 @@ def trainable(config: dict[str, Any]) -> None:
              "device": str(device)}
 
     every = int(config.get("checkpoint_every", 0))
-    start_state = None
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:  # a retry: continue after the last checkpointed epoch
-        with ckpt.as_directory() as d:
-            start_state = torch.load(Path(d) / "state.pt", map_location=device,
-                                     weights_only=False)
+    store = CheckpointStore(config["checkpoint_dir"]) if every else None
+    key = run["run_key"]
+    # a retry of a run whose worker died continues after its last checkpointed epoch
+    start_state = store.load(key, map_location=device) if store else None
 
     def on_epoch(metrics: dict[str, float], outcome: RunOutcome, snapshot: Any) -> None:
         status = outcome.status
         if status == "completed" and metrics["epoch"] < run["epochs"]:
             status = "running"
-        report = {**metrics, **where, "run_key": run["run_key"], "status": status,
-                  "model_params": outcome.params, "macs": outcome.macs}
-        if every and status == "running" and metrics["epoch"] % every == 0:
-            import tempfile
-
-            with tempfile.TemporaryDirectory() as d:
-                torch.save(snapshot(), Path(d) / "state.pt")
-                tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
-        else:
-            tune.report(report)
+        tune.report({**metrics, **where, "run_key": key, "status": status,
+                     "model_params": outcome.params, "macs": outcome.macs})
+        # after the report: a death in between repeats an epoch (logged once), never skips
+        if store and status == "running" and metrics["epoch"] % every == 0:
+            store.save(key, snapshot())
         if die_after is not None and start_state is None and metrics["epoch"] == die_after:
             os._exit(1)  # injected: the worker process dies (first attempt only)
 
     train_run(run, data, device=device, on_epoch=on_epoch, start_state=start_state)
+    if store:
+        store.delete(key)
 
 
 def _injected_failure(run_id: str) -> int | None:
@@ -172,9 +168,9 @@ class StudyCallback(tune.Callback):
             rec.node, rec.device = result.get("host", ""), result.get("device", "")
             rec.model_params, rec.macs = result.get("model_params"), result.get("macs")
             self._start_child(rec, result)
-        elif epoch <= rec.epochs:  # a retried attempt starts over
-            self.writer.set_tags(key, {"study.attempt_restarted_at_epoch": epoch})
-            rec.history = [h for h in rec.history if h["epoch"] < epoch]
+        elif epoch <= rec.epochs:
+            # a retried attempt repeats an epoch already logged: each epoch is logged once
+            return
         metrics = {k: float(result[k]) for k in METRIC_KEYS if k in result}
         rec.history.append({"epoch": epoch, **metrics})
         rec.metrics = metrics
@@ -440,6 +436,9 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
     for r in stale:  # left RUNNING (driver killed) or KILLED (stopped): run again, afresh
         client.set_tag(r["mlflow_run_id"], "study.superseded_by_resume", "true")
         client.delete_run(r["mlflow_run_id"])
+    # Unfinished runs restart from epoch 1 in their new MLflow child; also those whose child
+    # the dead driver never got to write, so no checkpoint may survive.
+    CheckpointStore(_checkpoint_dir(spec, execution)).clear()
     searcher = BlockSearcher(spec, storage=storage, study_name=execution)
     remaining = searcher.restore_progress(
         {k: _usable_value(r, spec.metric) for k, r in done.items()})
@@ -508,14 +507,14 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": spec.cpu, "gpu": spec.gpu}),
         param_space={"study": spec.name, "dataset": dataset, "threads": threads,
-                     "gpu": spec.gpu > 0, "checkpoint_every": spec.checkpoint_every},
+                     "gpu": spec.gpu > 0, "checkpoint_every": spec.checkpoint_every,
+                     "checkpoint_dir": _checkpoint_dir(spec, execution)},
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(num_samples, 1),
                                     max_concurrent_trials=spec.concurrency,
                                     reuse_actors=True, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=tune_name, storage_path=str(results_dir), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[callback]),
     )
     status = "failed"
@@ -601,6 +600,13 @@ def _spec_yaml(spec: StudySpec) -> str:
 
     head = f"# {spec.source}, as run (overrides applied)\n"
     return head + yaml.safe_dump(dict(spec.raw), sort_keys=False)
+
+
+def _checkpoint_dir(spec: StudySpec, execution: str) -> str:
+    base = spec.results_dir
+    if "://" in base:
+        return f"{base.rstrip('/')}/{execution}/checkpoints"
+    return str(Path(base).resolve() / execution / "checkpoints")
 
 
 def _trial_dirname(trial: Any) -> str:

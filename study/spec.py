@@ -124,6 +124,8 @@ KNOBS: dict[str, Knob] = _knobs(
     Knob("momentum", "train", float, 0.9, "SGD momentum (Adam: beta1)", low=0.0, high=1.0,
          high_inclusive=False),
     Knob("weight_decay", "train", float, 0.0, "L2 weight decay", low=0.0),
+    Knob("precision", "train", str, "fp32", "autocast precision of the forward pass",
+         choices=("fp32", "bf16", "fp16")),
 )
 
 MODELS = ("cnn",)

@@ -8,6 +8,7 @@ times the loss of a uniform guess (ln of the number of classes), stops and is `d
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -53,8 +54,20 @@ def make_optimizer(model: nn.Module, run: Mapping[str, Any]) -> torch.optim.Opti
     raise ValueError(f"unknown optimizer {run['optimizer']!r}; allowed: sgd, adam")
 
 
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass: bf16 or fp16 autocast, or nothing for fp32."""
+    dtype = AMP_DTYPES[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             precision: str = "fp32") -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over (x, y) in eval mode."""
     if len(x) == 0:
         return math.nan, math.nan
@@ -63,7 +76,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     loss = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     for i in range(0, len(x), EVAL_BATCH):
-        out = model(x[i: i + EVAL_BATCH])
+        with autocast(x.device, precision):
+            out = model(x[i: i + EVAL_BATCH])
         t = y[i: i + EVAL_BATCH]
         loss += F.cross_entropy(out.float(), t, reduction="sum")
         correct += (out.argmax(1) == t).sum()
@@ -94,10 +108,15 @@ def train_run(run: Mapping[str, Any], data: TensorData, *, device: str | torch.d
     n = len(data.x_train)
     bs = int(run["batch_size"])
     out = RunOutcome(status="completed", epochs=0, params=stats.params, macs=stats.macs)
+    precision = run.get("precision", "fp32")
+    dev = data.x_train.device
+    # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     first = 1
     if start_state is not None:
         model.load_state_dict(start_state["model"])
         opt.load_state_dict(start_state["optimizer"])
+        scaler.load_state_dict(start_state.get("scaler", {}))
         batch_gen.set_state(start_state["batch_gen"])
         out.history = [dict(h) for h in start_state["history"]]
         out.epochs = first = int(start_state["epoch"])
@@ -105,7 +124,8 @@ def train_run(run: Mapping[str, Any], data: TensorData, *, device: str | torch.d
 
     def snapshot() -> dict[str, Any]:
         return {"epoch": out.epochs, "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "batch_gen": batch_gen.get_state(),
+                "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                "batch_gen": batch_gen.get_state(),
                 "history": list(out.history)}
 
     t_start = time.perf_counter() - (out.history[-1]["train_seconds"] if out.history else 0.0)
@@ -121,17 +141,19 @@ def train_run(run: Mapping[str, Any], data: TensorData, *, device: str | torch.d
             if len(idx) < 2:  # a batch of one breaks BatchNorm; drop it (same for all arms)
                 continue
             xb, yb = data.x_train[idx], data.y_train[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            with autocast(dev, precision):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             loss_sum += loss.detach() * len(idx)
             correct += (logits.detach().argmax(1) == yb).sum()
             seen += len(idx)
         train_loss = loss_sum.item() / max(seen, 1)
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, precision)
+        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, precision)
         metrics = {
             "epoch": epoch,
             "train_loss": train_loss,

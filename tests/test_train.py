@@ -93,3 +93,13 @@ def test_resume_from_a_checkpoint_gives_the_same_numbers():
     resumed = train_run(run, data, start_state=states["s"])
     assert resumed.epochs == 4 and len(resumed.history) == 4
     assert strip_times(resumed.history) == strip_times(straight.history)
+
+
+def test_mixed_precision_trains_and_records_its_state():
+    data = load_tensors(DATA)
+    fp32 = train_run(BASE, data)
+    for precision in ("bf16", "fp16"):
+        out = train_run(BASE | {"precision": precision}, data)
+        assert out.status == "completed"
+        assert out.final["train_loss"] < out.history[0]["train_loss"]
+        assert strip_times(out.history) != strip_times(fp32.history)  # it did take effect
