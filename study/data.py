@@ -88,15 +88,19 @@ def load_splits(ds: DatasetSpec) -> Splits:
 _CACHE: dict[tuple[Any, ...], TensorData] = {}
 
 
-def load_tensors(ds: DatasetSpec, device: str | torch.device = "cpu") -> TensorData:
-    """Splits as tensors resident on `device`, cached for the life of the process."""
+def load_tensors(ds: DatasetSpec, device: str | torch.device = "cpu",
+                 splits: Splits | None = None) -> TensorData:
+    """Splits as tensors resident on `device`, cached for the life of the process.
+
+    `splits`, when given, are used instead of reading the dataset (a Ray worker gets them
+    from the object store: no worker needs the file)."""
     import torch
 
     key = (tuple(sorted(ds.as_dict().items())), str(device))
     hit = _CACHE.get(key)
     if hit is not None:
         return hit
-    s = load_splits(ds)
+    s = splits if splits is not None else load_splits(ds)
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)

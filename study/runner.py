@@ -45,8 +45,11 @@ def _stderr(msg: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def trainable(config: dict[str, Any]) -> None:
-    """The Ray Tune function trainable: one training run, reported once per epoch."""
+def trainable(config: dict[str, Any], splits: Any = None) -> None:
+    """The Ray Tune function trainable: one training run, reported once per epoch.
+
+    `splits`: the dataset, read once by the driver and shared through Ray's object store
+    (datasets read from files); None for datasets a worker builds from the spec itself."""
     import ray
     import torch
 
@@ -56,7 +59,7 @@ def trainable(config: dict[str, Any]) -> None:
 
     torch.set_num_threads(int(config["threads"]))
     device = _device(bool(config["gpu"]))
-    data = load_tensors(DatasetSpec(**config["dataset"]), device)
+    data = load_tensors(DatasetSpec(**config["dataset"]), device, splits)
     run = config["run"]
     die_after = _injected_failure(f"{config['study']}/{run['run_key']}")
     ctx = ray.get_runtime_context()
@@ -484,6 +487,7 @@ def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
     resources the spec asks for present."""
     from study.tracking import check_tracking_uri
 
+    _check_job_paths(spec)
     check_tracking_uri(spec.tracking_uri)
     storage = _open_optuna_storage(spec)
     # Per-trial JSON/CSV/TensorBoard files duplicate what MLflow holds: off. Tune's result
@@ -492,20 +496,82 @@ def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     _init_ray()
-    return storage, _check_cluster(spec)
+    cluster = _check_cluster(spec)
+    _check_shared_results(spec)
+    if os.environ.get(JOB_ENV):
+        # A job's working directory is a temporary copy that Ray can delete while the job
+        # runs (ray-project/ray#52343); every path is absolute by now, so leave it.
+        os.chdir(_results_dir(spec) if "://" not in spec.results_dir else Path.home())
+    return storage, cluster
+
+
+JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a `ray job submit` entrypoint
+
+
+def _check_job_paths(spec: StudySpec) -> None:
+    """Under `ray job submit`, no store may live in the job's temporary working directory."""
+    if not os.environ.get(JOB_ENV):
+        return
+    cwd = Path.cwd().resolve()
+    for field, value, env in (("storage.tracking", spec.tracking_uri, "MLFLOW_TRACKING_URI"),
+                              ("storage.optuna", spec.optuna_storage, "STUDY_OPTUNA_STORAGE"),
+                              ("storage.results", spec.results_dir, "STUDY_RESULTS_DIR")):
+        path = value[len("sqlite:///"):] if value.startswith("sqlite:///") else \
+            (None if "://" in value else str(Path(value).resolve()))
+        if path and Path(path).resolve().is_relative_to(cwd):
+            raise SpecError(
+                f"{spec.source}: field `{field}`: {value!r} lies in the job's working "
+                f"directory {cwd}, a temporary copy that Ray deletes. Allowed: a durable, "
+                f"shared location: set {env} on the cluster or with `ray job submit "
+                f"--runtime-env-json '{{\"env_vars\": {{\"{env}\": \"...\"}}}}'`, or "
+                f"`{field}` in the spec.")
+
+
+def _check_shared_results(spec: StudySpec) -> None:
+    """On more than one node, a local results path must be the same folder on every node
+    (NFS and the like): each node is asked whether it sees a file the driver just wrote."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2 or "://" in spec.results_dir:
+        return
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    marker = Path(_results_dir(spec)) / f".study-probe-{secrets.token_hex(4)}"
+    marker.write_text("probe")
+    try:
+        @ray.remote(num_cpus=0)
+        def sees(path: str) -> bool:
+            return os.path.exists(path)
+
+        refs = {n["NodeID"]: sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(str(marker)) for n in nodes}
+        blind = [nid for nid, ref in refs.items() if not ray.get(ref, timeout=60)]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise SpecError(
+            f"{spec.source}: field `storage.results`: {spec.results_dir!r} is not shared: "
+            f"{len(blind)} of {len(nodes)} nodes do not see it ({', '.join(blind)[:200]}). "
+            "Allowed on a multi-node cluster: a URI (s3://bucket/path, gs://...) or a path "
+            "every node mounts (NFS); set STUDY_RESULTS_DIR or `storage.results`.")
 
 
 def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, writer: Any,
              callback: StudyCallback, storage: Any, num_samples: int, echo: Echo | None,
              t0: float) -> StudyResult:
-    results_dir = Path(spec.results_dir).resolve()
-    results_dir.mkdir(parents=True, exist_ok=True)
+    results_dir = _results_dir(spec)
     dataset = spec.dataset.as_dict()
-    if dataset.get("path"):
+    splits = None
+    if dataset.get("path"):  # read once here; workers get it from the object store
+        from study.data import load_splits
+
         dataset["path"] = str(Path(dataset["path"]).resolve())
+        splits = load_splits(spec.dataset)
     threads = max(1, int(spec.cpu))
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": spec.cpu, "gpu": spec.gpu}),
+        tune.with_resources(tune.with_parameters(trainable, splits=splits),
+                            {"cpu": spec.cpu, "gpu": spec.gpu}),
         param_space={"study": spec.name, "dataset": dataset, "threads": threads,
                      "gpu": spec.gpu > 0, "checkpoint_every": spec.checkpoint_every,
                      "checkpoint_dir": _checkpoint_dir(spec, execution)},
@@ -513,7 +579,7 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
                                     max_concurrent_trials=spec.concurrency,
                                     reuse_actors=True, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name=tune_name, storage_path=str(results_dir), verbose=0,
+            name=tune_name, storage_path=results_dir, verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             callbacks=[callback]),
     )
@@ -538,7 +604,7 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
         for rec in result.runs:
             rec.mlflow_run_id = writer.child_ids.get(rec.run_key)
         if status != "failed":
-            _report(spec, result, storage, writer, results_dir / execution / "report", echo)
+            _report(spec, result, storage, writer, _report_dir(spec, execution), echo)
         best = result.best
         tags = {f"study.runs_{k}": v for k, v in callback.counts().items()}
         tags["study.status"] = status
@@ -602,11 +668,24 @@ def _spec_yaml(spec: StudySpec) -> str:
     return head + yaml.safe_dump(dict(spec.raw), sort_keys=False)
 
 
+def _results_dir(spec: StudySpec) -> str:
+    """Tune's storage path: a URI (s3://...) as given, a local or shared path made absolute."""
+    if "://" in spec.results_dir:
+        return spec.results_dir
+    path = Path(spec.results_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
 def _checkpoint_dir(spec: StudySpec, execution: str) -> str:
-    base = spec.results_dir
-    if "://" in base:
-        return f"{base.rstrip('/')}/{execution}/checkpoints"
-    return str(Path(base).resolve() / execution / "checkpoints")
+    return f"{_results_dir(spec).rstrip('/')}/{execution}/checkpoints"
+
+
+def _report_dir(spec: StudySpec, execution: str) -> Path:
+    """Reports are written locally (and logged to MLflow), under the results folder when it
+    is a local path, else under ./study_reports."""
+    base = spec.results_dir if "://" not in spec.results_dir else "study_reports"
+    return Path(base).resolve() / execution / "report"
 
 
 def _trial_dirname(trial: Any) -> str:
