@@ -176,7 +176,7 @@ def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str,
         lv = _v(r.get("level")) if spec.compare_knob else "-"
         per_level.setdefault(lv, {}).setdefault(str(r.get("status")), 0)
         per_level[lv][str(r.get("status"))] += 1
-    statuses = ["completed", "diverged", "failed", "stopped", "running"]
+    statuses = ["completed", "diverged", "pruned", "failed", "stopped", "running"]
     b.append(("table", ([spec.compare_knob or "level", *statuses, "total"], [
         [lv, *(str(c.get(st, 0)) for st in statuses), str(sum(c.values()))]
         for lv, c in per_level.items()])))

@@ -135,6 +135,7 @@ class StudyCallback(tune.Callback):
         self.echo = echo
         self.records: dict[str, RunRecord] = {}
         self.children: set[str] = set()  # runs whose MLflow child was requested
+        self.pruned_trials: set[str] = set()  # Tune trial ids the scheduler stopped early
         self.by_trial: dict[str, str] = {}
         self.started = time.monotonic()
         self._last_print = 0.0
@@ -187,8 +188,10 @@ class StudyCallback(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         key = self.by_trial.get(trial.trial_id)
         if key is not None and self.records[key].status == "running":
-            # ended without a final report (stopped): record what it reached
-            self._finish(self.records[key], "KILLED", status="stopped")
+            if trial.trial_id in self.pruned_trials:  # the scheduler stopped it early
+                self._finish(self.records[key], "FINISHED", status="pruned")
+            else:  # stopped without a final report (interrupted): it runs again on resume
+                self._finish(self.records[key], "KILLED", status="stopped")
         self._progress()
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -249,7 +252,8 @@ class StudyCallback(tune.Callback):
         self.writer.end_child(rec.run_key, mlflow_status)
 
     def counts(self) -> dict[str, int]:
-        out = {"completed": 0, "diverged": 0, "failed": 0, "running": 0, "stopped": 0}
+        out = {"completed": 0, "diverged": 0, "failed": 0, "pruned": 0, "running": 0,
+               "stopped": 0}
         for r in self.records.values():
             out[r.status] = out.get(r.status, 0) + 1
         return out
@@ -262,7 +266,7 @@ class StudyCallback(tune.Callback):
             return
         self._last_print = now
         c = self.counts()
-        done = c["completed"] + c["diverged"] + c["failed"] + c["stopped"]
+        done = sum(c[k] for k in ENDED)
         best = _best_so_far(self.records.values(), self.spec)
         line = (f"[{self.spec.name}] {done}/{self.spec.total_runs} runs done "
                 f"({c['running']} running, {c['failed']} failed, {c['diverged']} diverged)"
@@ -444,7 +448,8 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
     CheckpointStore(_checkpoint_dir(spec, execution)).clear()
     searcher = BlockSearcher(spec, storage=storage, study_name=execution)
     remaining = searcher.restore_progress(
-        {k: _usable_value(r, spec.metric) for k, r in done.items()})
+        {k: _usable_value(r, spec.metric) for k, r in done.items()},
+        pruned={k for k, r in done.items() if r["status"] == "pruned"})
     n_resume = int(tags.get("study.resumes", "0")) + 1
     client.update_run(parent.info.run_id, status="RUNNING")
     writer = MlflowWriter(uri, spec.name, parent_name=execution,
@@ -463,12 +468,12 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
                     callback, storage, remaining, echo, t0)
 
 
-ENDED = ("completed", "diverged", "failed")
+ENDED = ("completed", "diverged", "failed", "pruned")
 
 
 def _usable_value(row: Mapping[str, Any], metric: str) -> float | None:
     v = row.get(metric)
-    if row.get("status") == "failed" or not isinstance(v, (int, float)):
+    if row.get("status") in ("failed", "pruned") or not isinstance(v, (int, float)):
         return None
     return float(v) if math.isfinite(v) else None
 
@@ -569,6 +574,13 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
         dataset["path"] = str(Path(dataset["path"]).resolve())
         splits = load_splits(spec.dataset)
     threads = max(1, int(spec.cpu))
+    callback.pruned_trials = searcher.pruned_trials  # one set: the scheduler fills it
+    scheduler = None
+    if spec.scheduler == "asha":
+        scheduler = _PruningASHA(searcher.pruned_trials, time_attr="epoch", metric=spec.metric,
+                                 mode=spec.mode, max_t=int(spec.fixed.get("epochs", 10**6)),
+                                 grace_period=spec.grace_period,
+                                 reduction_factor=spec.reduction_factor)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, splits=splits),
                             {"cpu": spec.cpu, "gpu": spec.gpu}),
@@ -577,6 +589,7 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
                      "checkpoint_dir": _checkpoint_dir(spec, execution)},
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(num_samples, 1),
                                     max_concurrent_trials=spec.concurrency,
+                                    scheduler=scheduler,
                                     reuse_actors=True, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=tune_name, storage_path=results_dir, verbose=0,
@@ -666,6 +679,23 @@ def _spec_yaml(spec: StudySpec) -> str:
 
     head = f"# {spec.source}, as run (overrides applied)\n"
     return head + yaml.safe_dump(dict(spec.raw), sort_keys=False)
+
+
+class _PruningASHA(tune.schedulers.ASHAScheduler):
+    """ASHA that remembers which runs it stopped before their last epoch (to tell Optuna
+    PRUNED and to record the run as `pruned`, not as finished with an early metric)."""
+
+    def __init__(self, pruned: set[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pruned = pruned
+        self.max_epochs = kwargs["max_t"]
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == tune.schedulers.TrialScheduler.STOP and \
+                result.get("epoch", self.max_epochs) < self.max_epochs:
+            self.pruned.add(trial.trial_id)
+        return action
 
 
 def _results_dir(spec: StudySpec) -> str:

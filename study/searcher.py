@@ -39,6 +39,7 @@ class ConfigState:
     values: dict[str, float | None] = field(default_factory=dict)  # run_key -> metric
     told: bool = False
     value: float | None = None
+    pruned: set[str] = field(default_factory=set)  # runs stopped early by the scheduler
 
     @property
     def complete(self) -> bool:
@@ -51,9 +52,12 @@ def aggregate(values: list[float | None]) -> float | None:
 
 
 class BlockSearcher(Searcher):
-    def __init__(self, spec: StudySpec, *, storage: Any, study_name: str) -> None:
+    def __init__(self, spec: StudySpec, *, storage: Any, study_name: str,
+                 pruned_trials: set[str] | None = None) -> None:
         super().__init__(metric=spec.metric, mode=spec.mode)
         self.spec = spec
+        # Tune trial ids the scheduler stopped early (filled by the runner's ASHA)
+        self.pruned_trials = pruned_trials if pruned_trials is not None else set()
         self.inner = OptunaSearch(space=define_by_run(spec), metric=spec.metric,
                                   mode=spec.mode, sampler=make_sampler(spec),
                                   storage=storage, study_name=study_name)
@@ -99,6 +103,11 @@ class BlockSearcher(Searcher):
         if trial_id not in self.trial_runs:
             return
         k, key = self.trial_runs[trial_id]
+        if trial_id in self.pruned_trials:
+            self.configs[k].pruned.add(key)
+            self.configs[k].values[key] = None
+            self._tell_ready()
+            return
         if not error and (result or {}).get("status") not in ("completed", "diverged"):
             return  # stopped before its end (interrupted): it runs again on resume
         value = None
@@ -109,7 +118,8 @@ class BlockSearcher(Searcher):
         self.configs[k].values[key] = value
         self._tell_ready()
 
-    def restore_progress(self, done: dict[str, float | None]) -> int:
+    def restore_progress(self, done: dict[str, float | None],
+                         pruned: set[str] | None = None) -> int:
         """Rebuild the state of an interrupted execution from its Optuna study and the runs
         that ended (run_key -> value, None for failed). Returns the runs left to run.
 
@@ -128,6 +138,7 @@ class BlockSearcher(Searcher):
             cfg = ConfigState(k, dict(t.params), k, runs)
             cfg.values = {r["run_key"]: done[r["run_key"]] for r in runs
                           if r["run_key"] in done}
+            cfg.pruned = {r["run_key"] for r in runs if r["run_key"] in (pruned or set())}
             if t.state.is_finished():
                 cfg.told, cfg.value = True, t.value
             else:
@@ -150,8 +161,10 @@ class BlockSearcher(Searcher):
                             or len(self.configs) >= self.spec.trials)
             if not (cfg.complete and asked_enough):
                 return
-            cfg.value = aggregate(list(cfg.values.values()))
-            if cfg.value is None:
+            cfg.value = None if cfg.pruned else aggregate(list(cfg.values.values()))
+            if cfg.pruned:  # stopped early: Optuna hears PRUNED, not an early metric
+                self.inner.on_trial_complete(f"config-{j}", None, error=False)
+            elif cfg.value is None:
                 self.inner.on_trial_complete(f"config-{j}", None, error=True)
             else:
                 self.inner.on_trial_complete(f"config-{j}", {self.spec.metric: cfg.value})

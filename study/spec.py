@@ -217,6 +217,9 @@ class StudySpec:
     seed: int  # sampler seed; run seeds are seed, seed + 1, ... (one per repeat)
     startup_trials: int  # TPE: random configurations before the model-based ones
     pending: int  # configurations proposed before earlier results are known (see searcher)
+    scheduler: str  # fifo (every run to its last epoch) or asha (early stopping)
+    grace_period: int  # asha: epochs before a run can be stopped
+    reduction_factor: int  # asha: keep the top 1/reduction_factor at each rung
     metric: str
     mode: str
     verdict_metric: str  # what the verdict is about (e.g. test_accuracy)
@@ -500,12 +503,22 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     repeats = c.integer("repeats", top.get("repeats", 1), low=1)
 
     search = c.mapping("search", top.get("search"),
-                       ["sampler", "trials", "seed", "startup_trials", "pending"])
+                       ["sampler", "trials", "seed", "startup_trials", "pending", "scheduler",
+                        "grace_period", "reduction_factor"])
     sampler = c.string("search.sampler", search.get("sampler", "tpe"), SAMPLERS)
     trials = c.integer("search.trials", search.get("trials", 8 if space else 1), low=1)
     seed = c.integer("search.seed", search.get("seed", 0), low=0)
     startup_trials = c.integer("search.startup_trials", search.get("startup_trials", 10), 1)
     pending = c.integer("search.pending", search.get("pending", 4), low=1)
+    scheduler = c.string("search.scheduler", search.get("scheduler", "fifo"), ["fifo", "asha"])
+    grace_period = c.integer("search.grace_period", search.get("grace_period", 1), low=1)
+    reduction_factor = c.integer("search.reduction_factor",
+                                 search.get("reduction_factor", 3), low=2)
+    if scheduler == "fifo":
+        for k in ("grace_period", "reduction_factor"):
+            if k in search:
+                c.fail(f"search.{k}", search[k], "this only with `scheduler: asha`",
+                       "unused setting")
     if not space and trials > 1:
         c.fail("search.trials", trials, "1 when `space` is empty (nothing to search: "
                "use `repeats` for more seeds)")
@@ -573,7 +586,8 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
         name=name, question=question, dataset=dataset, model=model, fixed=fixed,
         space=space, compare_knob=compare_knob, compare_levels=compare_levels,
         repeats=repeats, sampler=sampler, trials=trials, seed=seed,
-        startup_trials=startup_trials, pending=pending, metric=metric,
+        startup_trials=startup_trials, pending=pending, scheduler=scheduler,
+        grace_period=grace_period, reduction_factor=reduction_factor, metric=metric,
         mode=mode, verdict_metric=verdict_metric, verdict_mode=verdict_mode, margin=margin,
         verdict_by=tuple(by_list), alpha=alpha, cpu=cpu, gpu=gpu, concurrency=concurrency,
         retries=retries, checkpoint_every=checkpoint_every,

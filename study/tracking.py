@@ -9,6 +9,7 @@ nothing is lost while the process lives. No Ray import here.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -82,6 +83,12 @@ class MlflowWriter:
         from mlflow.entities import Param, RunTag
         from mlflow.tracking import MlflowClient
 
+        # This writer retries on its own, without blocking anyone; MLflow's HTTP client would
+        # otherwise retry each call for minutes in its thread. A user's settings win.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        # MLflow prints a link per ended run to stdout: the study prints its own summary.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
@@ -151,11 +158,23 @@ class MlflowWriter:
             self._wake.set()
             time.sleep(0.05)
 
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._ops)
+
     def close(self, status: str = "FINISHED", tags: Mapping[str, Any] | None = None,
-              timeout: float = 120.0) -> bool:
-        """Flush, tag and end the parent run; returns False if writes were left unsent."""
+              timeout: float | None = None) -> bool:
+        """Flush, tag and end the parent run; returns False if writes were left unsent.
+
+        Waits up to `timeout` seconds (default $STUDY_MLFLOW_FLUSH_TIMEOUT or 600) for a
+        tracking server that is down to come back."""
+        if timeout is None:
+            timeout = float(os.environ.get("STUDY_MLFLOW_FLUSH_TIMEOUT", "600"))
         if tags:
             self._put(_Op("tags", "", {"tags": dict(tags)}))
+        if not self.flush(5.0):
+            logger.warning("MLflow: %d writes queued for %s; waiting up to %.0f s for it",
+                           self.pending(), self.tracking_uri, timeout)
         ok = self.flush(timeout)
         self._stop = True
         self._wake.set()

@@ -250,3 +250,25 @@ def test_killed_driver_resumes_to_exactly_the_uninterrupted_counts(workdir, sig)
     ref_study = optuna.load_study(study_name=ref_exec.split("'")[1],
                                   storage=f"sqlite:///{workdir}/optuna.db")
     assert [t.params for t in ref_study.get_trials()] == [t.params for t in trials]
+
+
+def test_asha_stops_runs_early_and_optuna_hears_pruned(ray_local, workdir):
+    raw = tiny_spec(name="asha", compare=None, repeats=1,
+                    space={"lr": {"log": [1.0e-5, 0.2]}},
+                    search={"sampler": "random", "trials": 8, "seed": 0, "scheduler": "asha",
+                            "grace_period": 1, "reduction_factor": 2},
+                    train={"epochs": 6, "batch_size": 32})
+    del raw["compare"]
+    res = study.run(write_spec(workdir / "asha.yaml", raw), echo=None)
+    assert res.status == "finished"
+    pruned = [r for r in res.runs if r.status == "pruned"]
+    assert pruned and all(r.epochs < 6 for r in pruned)
+    assert all(r.status in ("completed", "pruned") for r in res.runs)
+    ost = optuna.load_study(study_name=res.optuna_study, storage=res.optuna_storage)
+    states = {t.number: t.state.name for t in ost.get_trials()}
+    for r in res.runs:
+        assert states[r.config] == ("PRUNED" if r.status == "pruned" else "COMPLETE")
+    _, _, kids = mlflow_runs("asha")
+    tags = {k.data.tags["study.run_key"]: (k.info.status, k.data.tags["study.status"])
+            for k in kids}
+    assert tags[pruned[0].run_key] == ("FINISHED", "pruned")

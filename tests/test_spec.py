@@ -238,3 +238,13 @@ def test_verdict_fields(tmp_path):
     assert "`verdict.by`" in msg and "searched" in msg and "depth, lr" in msg
     msg = error_of(tmp_path, tiny_spec(verdict={"equivalence_margin": 0}))
     assert "`verdict.equivalence_margin`" in msg and "> 0" in msg
+
+
+def test_scheduler_fields(tmp_path):
+    s = parse_spec(tiny_spec(search={"scheduler": "asha", "grace_period": 2,
+                                     "reduction_factor": 4}))
+    assert (s.scheduler, s.grace_period, s.reduction_factor) == ("asha", 2, 4)
+    msg = error_of(tmp_path, tiny_spec(search={"grace_period": 2}))
+    assert "`search.grace_period`" in msg and "scheduler: asha" in msg
+    msg = error_of(tmp_path, tiny_spec(search={"scheduler": "hyperband"}))
+    assert "`search.scheduler`" in msg and "'asha'" in msg
