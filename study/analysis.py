@@ -215,22 +215,20 @@ def _paired_t(d: np.ndarray, margin: float, alpha: float) -> tuple[float, float,
 
 
 def _pairs_needed(mean: float, sd: float, margin: float, alpha: float) -> int | None:
-    """Pairs at which the expected interval would settle the question (normal approx.).
-
-    If |mean| < margin: the 90% interval fits inside ±margin (equivalence). Otherwise the
-    95% interval excludes 0 (a difference).
-    """
+    """Pairs at which the expected interval would likely settle the question (normal
+    approximation, the observed mean and spread taken as true): the fewer of those that
+    show a difference (the 95% interval excludes 0) and, when |mean| < margin, those that
+    show equivalence (the 90% interval fits inside ±margin)."""
     if not math.isfinite(sd) or sd == 0:
         return None
     from scipy import stats
 
+    options = []
+    if mean != 0:
+        options.append((float(stats.norm.ppf(1 - alpha / 2)) * sd / abs(mean)) ** 2)
     if abs(mean) < margin:
-        z = float(stats.norm.ppf(1 - alpha))
-        gap = margin - abs(mean)
-    else:
-        z = float(stats.norm.ppf(1 - alpha / 2))
-        gap = abs(mean)
-    return int(math.ceil((z * sd / gap) ** 2)) + 1
+        options.append((float(stats.norm.ppf(1 - alpha)) * sd / (margin - abs(mean))) ** 2)
+    return int(math.ceil(min(options))) + 1 if options else None
 
 
 @dataclass(frozen=True)

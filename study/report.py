@@ -509,6 +509,7 @@ def rebuild(name: str, *, tracking_uri: str | None = None, optuna_storage: str |
     """Rebuild a study's report from MLflow and Optuna alone (no Ray)."""
     import os
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     from study.spec import _absolute_sqlite
 

@@ -196,7 +196,7 @@ def _wait_for_finished_children(uri, name, at_least, proc, timeout=240):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT", "SIGTERM"])
 def test_killed_driver_resumes_to_exactly_the_uninterrupted_counts(workdir, sig):
     import signal
 
@@ -217,7 +217,7 @@ def test_killed_driver_resumes_to_exactly_the_uninterrupted_counts(workdir, sig)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    if sig == "SIGINT":
+    if sig in ("SIGINT", "SIGTERM"):  # the study winds down and says so
         assert driver.returncode == 130, err[-2000:]
         assert "INTERRUPTED" in err
     else:
@@ -272,3 +272,30 @@ def test_asha_stops_runs_early_and_optuna_hears_pruned(ray_local, workdir):
     tags = {k.data.tags["study.run_key"]: (k.info.status, k.data.tags["study.status"])
             for k in kids}
     assert tags[pruned[0].run_key] == ("FINISHED", "pruned")
+
+
+def test_file_dataset_reaches_workers_through_the_object_store(ray_local, workdir,
+                                                               monkeypatch):
+    import numpy as np
+
+    import study.data
+
+    rng = np.random.default_rng(0)
+    np.savez(workdir / "d.npz", x_train=rng.integers(0, 255, (120, 6, 6), dtype=np.uint8),
+             y_train=rng.integers(0, 3, 120), x_test=rng.integers(0, 255, (30, 6, 6),
+                                                                  dtype=np.uint8),
+             y_test=rng.integers(0, 3, 30))
+    raw = tiny_spec(name="npzstudy", dataset=f"npz:{workdir / 'd.npz'}",
+                    search={"sampler": "random", "trials": 1, "seed": 0})
+    real = study.data.load_splits
+
+    def read_then_delete(ds):  # the driver reads the file once; then it is gone
+        splits = real(ds)
+        Path(ds.path).unlink()
+        return splits
+
+    monkeypatch.setattr(study.data, "load_splits", read_then_delete)
+    res = study.run(write_spec(workdir / "n.yaml", raw), echo=None)
+    assert not (workdir / "d.npz").exists()
+    assert res.status == "finished" and res.counts()["completed"] == 2
+    assert res.runs[0].model_params and res.runs[0].metrics["test_accuracy"] >= 0

@@ -1,0 +1,163 @@
+"""Benchmark: the same training runs as (a) a plain loop, (b) a hand-written Ray Tune +
+OptunaSearch + MLflowLoggerCallback script, (c) `study run`, at 1 and 2 runs at a time.
+
+For each: wall seconds (the whole command, process start to exit), the sum of training
+seconds (as each run measured it), efficiency = sum of training seconds / (wall x slots),
+overhead per run = (wall - training seconds / slots) / runs, and the peak memory of the
+process tree; each as median (min-max) over --reps repetitions. Results go to
+results/bench.csv and results/bench.md. `--verdicts` also times each bundled study.
+
+    python benchmarks/bench.py --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PY = sys.executable
+STUDY = str(Path(PY).parent / "study")
+
+
+def measure(cmds: list[list[str]], cwd: Path) -> tuple[float, float]:
+    """Run commands in parallel; (wall seconds, peak RSS MiB of all their process trees)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",
+                                                             "MLFLOW_TRACKING_URI")}
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(c, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                              stderr=open(cwd / f"err{i}.log", "w"))  # noqa: SIM115
+             for i, c in enumerate(cmds)]
+    peak = 0.0
+    while any(p.poll() is None for p in procs):
+        rss = 0
+        for p in procs:
+            try:
+                parent = psutil.Process(p.pid)
+                for q in [parent, *parent.children(recursive=True)]:
+                    rss += q.memory_info().rss
+            except psutil.Error:
+                pass
+        peak = max(peak, rss / 2**20)
+        time.sleep(0.1)
+    wall = time.perf_counter() - t0
+    for i, p in enumerate(procs):
+        if p.returncode != 0:
+            raise RuntimeError(f"{cmds[i]} failed: {(cwd / f'err{i}.log').read_text()[-2000:]}")
+    return wall, peak
+
+
+def run_loop(slots: int, cwd: Path) -> tuple[float, float, list[float]]:
+    outs = [cwd / f"loop{i}.json" for i in range(slots)]
+    cmds = [[PY, str(HERE / "loop.py"), "--shard", f"{i}/{slots}", "--out", str(o)]
+            for i, o in enumerate(outs)]
+    wall, peak = measure(cmds, cwd)
+    secs = [r["train_seconds"] for o in outs for r in json.loads(o.read_text())]
+    return wall, peak, secs
+
+
+def run_tune(slots: int, cwd: Path) -> tuple[float, float, list[float]]:
+    out = cwd / "tune.json"
+    wall, peak = measure([[PY, str(HERE / "tune_baseline.py"), "--concurrency", str(slots),
+                           "--out", str(out)]], cwd)
+    return wall, peak, [r["train_seconds"] for r in json.loads(out.read_text())]
+
+
+def run_study(slots: int, cwd: Path) -> tuple[float, float, list[float]]:
+    from mlflow.tracking import MlflowClient
+
+    wall, peak = measure([[STUDY, "run", str(HERE / "bench_spec.yaml"), "--quiet", "--set",
+                           f"execution.concurrency={slots}"]], cwd)
+    client = MlflowClient(f"sqlite:///{cwd}/mlflow.db")
+    exp = client.get_experiment_by_name("bench")
+    kids = [r for r in client.search_runs([exp.experiment_id], max_results=1000)
+            if "mlflow.parentRunId" in r.data.tags]
+    sys.path.insert(0, str(HERE))
+    from common import bench_runs
+
+    expected = {r["run_key"] for r in bench_runs()}
+    got = {k.data.tags["study.run_key"] for k in kids}
+    if got != expected:
+        raise RuntimeError("study ran other runs than the benchmark's list")
+    return wall, peak, [k.data.metrics["train_seconds"] for k in kids]
+
+
+APPROACHES = {"loop": run_loop, "tune+optuna+mlflow (hand-written)": run_tune,
+              "study run": run_study}
+
+
+def fmt(xs: list[float], digits: int = 2) -> str:
+    return f"{statistics.median(xs):.{digits}f} ({min(xs):.{digits}f}-{max(xs):.{digits}f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--slots", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--only", nargs="+", choices=["loop", "tune", "study"],
+                    default=["loop", "tune", "study"])
+    ap.add_argument("--verdicts", action="store_true", help="also time the bundled studies")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    keys = {"loop": "loop", "tune": "tune+optuna+mlflow (hand-written)", "study": "study run"}
+    for slots in a.slots:
+        for short in a.only:
+            name = keys[short]
+            for rep in range(a.reps):
+                with tempfile.TemporaryDirectory() as tmp:
+                    wall, peak, secs = APPROACHES[name](slots, Path(tmp))
+                n, train = len(secs), sum(secs)
+                row = {"approach": name, "slots": slots, "rep": rep, "runs": n,
+                       "wall_s": wall, "train_s": train, "efficiency": train / (wall * slots),
+                       "overhead_per_run_s": (wall - train / slots) / n,
+                       "mean_run_train_s": train / n, "peak_rss_mib": peak}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    if a.verdicts:
+        for spec in sorted((ROOT / "search_spaces").glob("*.yaml")):
+            for rep in range(a.reps):
+                with tempfile.TemporaryDirectory() as tmp:
+                    wall, peak = measure([[STUDY, "run", str(spec), "--quiet"]], Path(tmp))
+                rows.append({"approach": f"time to verdict: {spec.stem}", "slots": 2,
+                             "rep": rep, "wall_s": wall, "peak_rss_mib": peak})
+                print(json.dumps(rows[-1]), flush=True)
+    with open(out / "bench.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=sorted({k for r in rows for k in r}))
+        w.writeheader()
+        w.writerows(rows)
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["approach"], r["slots"]), []).append(r)
+    lines = [f"n = {a.reps} repetitions each; median (min-max). Machine: {os.cpu_count()} "
+             "cores.", "",
+             "| approach | runs at a time | wall s | sum of training s | efficiency | "
+             "overhead per run s | mean training s per run | peak memory MiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (name, slots), rs in groups.items():
+
+        def g(k: str, d: int = 2, rs: list[dict] = rs) -> str:
+            return fmt([r[k] for r in rs], d) if k in rs[0] else "-"
+
+        lines.append(f"| {name} | {slots} | {g('wall_s', 1)} | {g('train_s', 1)} | "
+                     f"{g('efficiency')} | {g('overhead_per_run_s')} | "
+                     f"{g('mean_run_train_s')} | {g('peak_rss_mib', 0)} |")
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
