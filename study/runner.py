@@ -169,10 +169,14 @@ class StudyCallback(tune.Callback):
         rec = self.records[key]
         epoch = int(result["epoch"])
         if key not in self.children:
-            rec.node, rec.device = result.get("host", ""), result.get("device", "")
+            rec.node, rec.device = result.get("node_id", ""), result.get("device", "")
             rec.model_params, rec.macs = result.get("model_params"), result.get("macs")
             self._start_child(rec, result)
-        elif epoch <= rec.epochs:
+        elif result.get("node_id", rec.node) != rec.node:  # a retry moved it to another node
+            rec.node, rec.device = result["node_id"], result.get("device", rec.device)
+            self.writer.set_tags(key, {"study.node": rec.node, "study.device": rec.device,
+                                       "study.host": result.get("host", "")})
+        if epoch <= rec.epochs:
             # a retried attempt repeats an epoch already logged: each epoch is logged once
             return
         metrics = {k: float(result[k]) for k in METRIC_KEYS if k in result}

@@ -196,4 +196,4 @@ def test_worker_node_killed_mid_run_is_retried_and_the_study_completes(cluster, 
     steps = sorted(m.step for m in client.get_metric_history(lost.info.run_id,
                                                              "val_accuracy"))
     assert steps == list(range(1, 9))  # every epoch logged exactly once across the retry
-    assert {k.data.tags["study.node"] for k in kids} >= {head}
+    assert lost.data.tags["study.node"] == head  # where it finished, after the retry

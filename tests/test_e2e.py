@@ -212,7 +212,10 @@ def test_killed_driver_resumes_to_exactly_the_uninterrupted_counts(workdir, sig)
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _wait_for_finished_children(uri, "resumable", 5, driver)
-        os.killpg(driver.pid, getattr(signal, sig))  # the driver and the Ray it started
+        if sig == "SIGTERM":  # as `kill PID`, a scheduler or an orchestrator sends it
+            os.kill(driver.pid, signal.SIGTERM)
+        else:  # Ctrl-C reaches the whole foreground group; SIGKILL takes Ray down too
+            os.killpg(driver.pid, getattr(signal, sig))
         out, err = driver.communicate(timeout=120)
     finally:
         if driver.poll() is None:
