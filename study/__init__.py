@@ -8,8 +8,8 @@ Example:
     >>> import study
     >>> spec = study.load_spec("search_spaces/conv_bias_bn.yaml",
     ...                        overrides={"search.trials": 2})
-    >>> spec.total_runs
-    8
+    >>> spec.total_runs  # 2 configurations x 2 levels (bias on/off) x 4 seeds
+    16
 """
 
 from __future__ import annotations

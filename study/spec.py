@@ -409,8 +409,8 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any], source
         for i, k in enumerate(keys[:-1]):
             nxt = node.get(k)
             if nxt is None or isinstance(nxt, str) and k in ("model", "dataset"):
-                # `model: cnn` / `dataset: digits` shorthand grows into a mapping
-                nxt = {"name": nxt} if isinstance(nxt, str) else {}
+                # `model: cnn` / `dataset: npz:PATH` shorthand grows into a mapping
+                nxt = _shorthand(nxt) if isinstance(nxt, str) else {}
                 node[k] = nxt
             elif not isinstance(nxt, dict):
                 raise SpecError(
@@ -419,6 +419,12 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any], source
             node = nxt
         node[keys[-1]] = value
     return out
+
+
+def _shorthand(value: str) -> dict[str, Any]:
+    """`cnn` -> {name: cnn}; `npz:PATH` -> {name: npz, path: PATH} (model and dataset)."""
+    name, _, path = value.partition(":")
+    return {"name": name} | ({"path": path} if path else {})
 
 
 def _deepcopy(x: Any) -> Any:
@@ -612,8 +618,7 @@ _DATASET_KEYS = ("name", "path", "val_fraction", "test_fraction", "split_seed", 
 
 def _parse_dataset(c: _Ctx, value: Any, check_paths: bool = True) -> DatasetSpec:
     if isinstance(value, str):
-        name, _, path = value.partition(":")
-        value = {"name": name} | ({"path": path} if path else {})
+        value = _shorthand(value)
     d = c.mapping("dataset", value, _DATASET_KEYS)
     name = c.string("dataset.name", d.get("name", "digits"), DATASETS)
     path = d.get("path")

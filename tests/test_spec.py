@@ -156,6 +156,13 @@ def test_overrides(tmp_path):
     assert s.fixed["fc_width"] == 7
     with pytest.raises(SpecError, match="`search.trails`"):
         load_spec(p, overrides={"search.trails": 2})
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x_train=np.zeros((4, 3, 3)), y_train=np.zeros(4, dtype=int),
+             x_test=np.zeros((2, 3, 3)), y_test=np.zeros(2, dtype=int))
+    p2 = write(tmp_path, tiny_spec(dataset=f"npz:{npz}"), "s2.yaml")
+    s2 = load_spec(p2, overrides={"dataset.val_fraction": "0.25"})
+    assert s2.dataset.name == "npz" and s2.dataset.path == str(npz)
+    assert s2.dataset.val_fraction == 0.25
     with pytest.raises(SpecError, match="not a mapping"):
         load_spec(p, overrides={"repeats.x": 2})
 
@@ -248,3 +255,13 @@ def test_scheduler_fields(tmp_path):
     assert "`search.grace_period`" in msg and "scheduler: asha" in msg
     msg = error_of(tmp_path, tiny_spec(search={"scheduler": "hyperband"}))
     assert "`search.scheduler`" in msg and "'asha'" in msg
+
+
+def test_package_docstring_example_runs(monkeypatch):
+    import doctest
+
+    import study
+
+    monkeypatch.chdir(SPECS.parent)
+    result = doctest.testmod(study)
+    assert result.attempted >= 2 and result.failed == 0
