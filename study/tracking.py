@@ -57,10 +57,13 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:  # mlflow raises many types; all mean "unusable"
+        first = str(e).splitlines()[0] if str(e) else ""
+        hint = (" The server wants credentials: set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD." if "401" in first or "403" in first else "")
         raise TrackingError(
-            f"MLflow tracking store {uri!r} is not usable: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}. Set MLFLOW_TRACKING_URI or "
-            "`storage.tracking` to a reachable server or an sqlite:/// path.") from None
+            f"MLflow tracking store {uri!r} is not usable: {type(e).__name__}: {first}."
+            f"{hint} Set MLFLOW_TRACKING_URI or `storage.tracking` to a reachable server "
+            "or an sqlite:/// path.") from None
 
 
 def _str(v: Any) -> str:

@@ -25,19 +25,25 @@ pytestmark = pytest.mark.slow
 
 
 class Server:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, auth_password: str | None = None) -> None:
         self.root, self.port = root, free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.auth_password = auth_password
 
     def start(self) -> None:
+        auth, env = [], dict(os.environ)
+        if self.auth_password:  # MLflow's basic-auth app, admin user with this password
+            auth = ["--app-name", "basic-auth"]
+            env |= {"MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-secret",
+                    "MLFLOW_AUTH_ADMIN_PASSWORD": self.auth_password}
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1",
+             "--port", str(self.port), "--workers", "1", *auth,
              "--backend-store-uri", f"sqlite:///{self.root}/server.db",
              "--artifacts-destination", str(self.root / "artifacts")],
             stdout=open(self.root / "server.log", "a"), stderr=subprocess.STDOUT,  # noqa: SIM115
-            start_new_session=True)
+            start_new_session=True, cwd=self.root, env=env)
         t0 = time.monotonic()
         while time.monotonic() - t0 < 90:
             try:
@@ -98,5 +104,35 @@ def test_server_down_mid_study_loses_nothing(ray_local, workdir, caplog):
         assert parent.info.status == "FINISHED"
         assert "report/report.html" in {a.path for a in
                                         client.list_artifacts(parent.info.run_id, "report")}
+    finally:
+        server.stop()
+
+
+def test_basic_auth_credentials_from_the_standard_environment(ray_local, workdir,
+                                                               monkeypatch):
+    password = "test-Only-Password-123"
+    server = Server(workdir, auth_password=password)
+    server.start()
+    try:
+        raw = tiny_spec(name="authed", storage={"tracking": server.uri},
+                        search={"sampler": "random", "trials": 1, "seed": 0})
+        path = workdir / "authed.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+        from study.tracking import TrackingError
+
+        with pytest.raises(TrackingError) as ei:  # before any run
+            study.run(path, echo=None)
+        assert "MLFLOW_TRACKING_USERNAME" in str(ei.value)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        res = study.run(path, echo=None)
+        assert res.status == "finished" and res.counts()["completed"] == 2
+        client = MlflowClient(server.uri)
+        exp = client.get_experiment_by_name("authed")
+        kids = [r for r in client.search_runs([exp.experiment_id])
+                if "mlflow.parentRunId" in r.data.tags]
+        assert len(kids) == 2
     finally:
         server.stop()
