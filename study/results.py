@@ -6,7 +6,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ConfigRecord", "RunRecord", "StudyResult"]
+__all__ = ["ConfigRecord", "RunRecord", "StudyResult", "count_statuses"]
+
+STATUSES = ("completed", "diverged", "pruned", "failed", "running", "stopped", "pending")
+
+
+def count_statuses(runs: Any) -> dict[str, int]:
+    """How many runs are in each status (every known status present, zeros included)."""
+    out = dict.fromkeys(STATUSES, 0)
+    for r in runs:
+        out[r.status] = out.get(r.status, 0) + 1
+    return out
 
 
 @dataclass
@@ -85,10 +95,7 @@ class StudyResult:
         return dict(b.params) if b else None
 
     def counts(self) -> dict[str, int]:
-        out = {"completed": 0, "diverged": 0, "failed": 0, "running": 0, "pending": 0}
-        for r in self.runs:
-            out[r.status] = out.get(r.status, 0) + 1
-        return out
+        return count_statuses(self.runs)
 
     def table(self) -> list[dict[str, Any]]:
         """One row per run: knobs as ``param.*``, final metrics, status, ids."""

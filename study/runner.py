@@ -24,7 +24,7 @@ from typing import Any
 from ray import tune
 
 from study.checkpoints import CheckpointStore
-from study.results import ConfigRecord, RunRecord, StudyResult
+from study.results import ConfigRecord, RunRecord, StudyResult, count_statuses
 from study.spec import KNOBS, SpecError, StudySpec, load_spec
 
 logger = logging.getLogger(__name__)
@@ -256,11 +256,7 @@ class StudyCallback(tune.Callback):
         self.writer.end_child(rec.run_key, mlflow_status)
 
     def counts(self) -> dict[str, int]:
-        out = {"completed": 0, "diverged": 0, "failed": 0, "pruned": 0, "running": 0,
-               "stopped": 0}
-        for r in self.records.values():
-            out[r.status] = out.get(r.status, 0) + 1
-        return out
+        return count_statuses(self.records.values())
 
     def _progress(self, force: bool = False) -> None:
         if self.echo is None:
