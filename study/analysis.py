@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Effect", "curves", "paired_effects", "status_counts"]
+__all__ = ["USABLE", "Effect", "curves", "paired_effects", "scale", "status_counts",
+           "usable_value"]
 
 USABLE = ("completed", "diverged")
 
@@ -62,7 +63,7 @@ class Effect:
     def sentence(self, higher_is_better: bool = True, unit: str = "pp") -> str:
         """E.g. 'bias=false vs bias=true changed test_accuracy by +0.02 pp, 95% CI
         [-0.05, 0.09], n=40 pairs: equivalent within the ±0.5 pp margin.'"""
-        s = _scale(self.metric, unit)
+        s = scale(self.metric) if unit == "pp" else 1.0
         what = (f"{self.knob}={_v(self.level)} vs {self.knob}={_v(self.reference)}"
                 + ("" if self.group == "all" else f" ({self.group})"))
         if self.n == 0:
@@ -86,8 +87,9 @@ class Effect:
         return f"{body}: {tail}." + (f" ({'; '.join(extra)})" if extra else "")
 
 
-def _scale(metric: str, unit: str) -> float:
-    return 100.0 if metric.endswith("accuracy") and unit == "pp" else 1.0
+def scale(metric: str) -> float:
+    """Factor that shows `metric` in its display unit: percentage points for accuracies."""
+    return 100.0 if metric.endswith("accuracy") else 1.0
 
 
 def _v(x: Any) -> str:
@@ -148,7 +150,7 @@ def _effect(blocks: Mapping[tuple[Any, Any], Mapping[str, Mapping]], knob: str, 
         a, b = block.get(repr(ref)), block.get(repr(lvl))
         if a is None and b is None:
             continue
-        va, vb = _value(a, metric), _value(b, metric)
+        va, vb = usable_value(a, metric), usable_value(b, metric)
         if va is None or vb is None:
             excluded += 1
             continue
@@ -179,7 +181,9 @@ def _effect(blocks: Mapping[tuple[Any, Any], Mapping[str, Mapping]], knob: str, 
                   tuple(float(x) for x in d))
 
 
-def _value(row: Mapping[str, Any] | None, metric: str) -> float | None:
+def usable_value(row: Mapping[str, Any] | None, metric: str) -> float | None:
+    """The run's `metric` if the run ended with a value (completed or diverged) and it is
+    finite, else None (failed, pruned, stopped, missing)."""
     if row is None or row.get("status") not in USABLE:
         return None
     v = row.get(metric)
@@ -246,7 +250,7 @@ def curves(rows: Sequence[Mapping[str, Any]], *, x: str, metric: str,
     are left out; diverged runs count with the value they reached."""
     series: dict[str, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        v = _value(r, metric)
+        v = usable_value(r, metric)
         xv = r.get(f"param.{x}")
         if v is None or xv is None:
             continue

@@ -17,7 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from study.analysis import USABLE, Effect, _blocks, _v, curves, paired_effects, status_counts
+from study.analysis import (
+    USABLE,
+    Effect,
+    _blocks,
+    _v,
+    curves,
+    paired_effects,
+    scale,
+    status_counts,
+    usable_value,
+)
 from study.spec import KNOBS, StudySpec, parse_spec
 
 __all__ = ["Report", "ReportInput", "build_report", "importance", "rebuild", "runs_from_mlflow",
@@ -112,7 +122,7 @@ def verdict_table(report: Report, spec: StudySpec) -> str:
     """A short plain-text table of the verdicts, for the terminal."""
     if not report.effects:
         return "(no compared knob: no verdict)"
-    s = 100.0 if spec.verdict_metric.endswith("accuracy") else 1.0
+    s = scale(spec.verdict_metric)
     unit = " pp" if s == 100.0 else ""
     head = f"{'comparison':<34} {'group':<16} {'n':>4} {'mean diff' + unit:>13}  " \
            f"{'95% CI':<19} verdict"
@@ -145,7 +155,7 @@ Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", (head, rows)) 
 def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str, int],
                curve_sets: Mapping[str, Any]) -> list[Block]:
     spec = inp.spec
-    s = 100.0 if spec.verdict_metric.endswith("accuracy") else 1.0
+    s = scale(spec.verdict_metric)
     unit = " pp" if s == 100.0 else ""
     b: list[Block] = [("p", f"**Question.** {spec.question}")]
     b.append(("p", f"Execution `{inp.execution}` ({inp.status}); MLflow parent run "
@@ -260,9 +270,7 @@ def _arm(row: Mapping[str, Any] | None, metric: str, s: float) -> list[str]:
 
 
 def _diff(a: Mapping | None, c: Mapping | None, spec: StudySpec, s: float) -> str:
-    from study.analysis import _value
-
-    va, vc = _value(a, spec.verdict_metric), _value(c, spec.verdict_metric)
+    va, vc = usable_value(a, spec.verdict_metric), usable_value(c, spec.verdict_metric)
     return "excluded" if va is None or vc is None else _f((vc - va) * s, sign=True)
 
 
@@ -357,7 +365,7 @@ def _pyplot() -> Any:
 
 def _plot_effects(effects: Sequence[Effect], spec: StudySpec) -> bytes:
     plt = _pyplot()
-    s = 100.0 if spec.verdict_metric.endswith("accuracy") else 1.0
+    s = scale(spec.verdict_metric)
     shown = [e for e in effects if e.n]
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(shown) + 1.6))
     ax.axvspan(-spec.margin * s, spec.margin * s, color="#cfe8cf", label="equivalence margin")
@@ -510,10 +518,9 @@ def rebuild(name: str, *, tracking_uri: str | None = None, optuna_storage: str |
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    from study.spec import _absolute_sqlite
+    from study.spec import resolve_tracking_uri
 
-    uri = _absolute_sqlite(uri)
+    uri = resolve_tracking_uri(tracking_uri)
     spec, rows, parent = runs_from_mlflow(uri, name, execution)
     tags = parent.data.tags
     exe = tags.get("study.execution", parent.info.run_name)

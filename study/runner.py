@@ -23,6 +23,7 @@ from typing import Any
 
 from ray import tune
 
+from study.analysis import USABLE, usable_value
 from study.checkpoints import CheckpointStore
 from study.results import ConfigRecord, RunRecord, StudyResult, count_statuses
 from study.spec import KNOBS, SpecError, StudySpec, load_spec
@@ -185,7 +186,7 @@ class StudyCallback(tune.Callback):
         rec.epochs = epoch
         rec.status = result.get("status", "running")
         self.writer.log_metrics(key, metrics, step=epoch)
-        if rec.status in ("completed", "diverged"):
+        if rec.status in USABLE:
             self._finish(rec, "FINISHED")
         self._progress()
 
@@ -283,7 +284,7 @@ def _best_so_far(records: Any, spec: StudySpec) -> str:
     for r in records:
         totals[r.config] = totals.get(r.config, 0) + 1
         v = r.metrics.get(spec.metric)
-        if r.status in ("completed", "diverged") and v is not None and math.isfinite(v):
+        if r.status in USABLE and v is not None and math.isfinite(v):
             by_cfg.setdefault(r.config, []).append(v)
     full = {k: sum(v) / len(v) for k, v in by_cfg.items()
             if totals[k] == spec.runs_per_config and len(v) == totals[k]}
@@ -412,7 +413,7 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
     """
     from study.report import runs_from_mlflow
     from study.searcher import BlockSearcher
-    from study.spec import _absolute_sqlite
+    from study.spec import resolve_tracking_uri
     from study.tracking import MlflowWriter, check_tracking_uri
 
     t0 = time.monotonic()
@@ -421,8 +422,7 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
         name, uri = given.name, given.tracking_uri
     else:
         name = str(target)
-        uri = _absolute_sqlite(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                               or "sqlite:///mlflow.db")
+        uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
     spec, rows, parent = runs_from_mlflow(uri, name)
     tags = parent.data.tags
@@ -448,7 +448,7 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
     CheckpointStore(_checkpoint_dir(spec, execution)).clear()
     searcher = BlockSearcher(spec, storage=storage, study_name=execution)
     remaining = searcher.restore_progress(
-        {k: _usable_value(r, spec.metric) for k, r in done.items()},
+        {k: usable_value(r, spec.metric) for k, r in done.items()},
         pruned={k for k, r in done.items() if r["status"] == "pruned"})
     n_resume = int(tags.get("study.resumes", "0")) + 1
     client.update_run(parent.info.run_id, status="RUNNING")
@@ -469,13 +469,6 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
 
 
 ENDED = ("completed", "diverged", "failed", "pruned")
-
-
-def _usable_value(row: Mapping[str, Any], metric: str) -> float | None:
-    v = row.get(metric)
-    if row.get("status") in ("failed", "pruned") or not isinstance(v, (int, float)):
-        return None
-    return float(v) if math.isfinite(v) else None
 
 
 def _record_from_row(r: Mapping[str, Any]) -> RunRecord:

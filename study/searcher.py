@@ -24,6 +24,7 @@ from typing import Any
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from study.analysis import USABLE, usable_value
 from study.space import define_by_run, expand_runs, make_sampler
 from study.spec import StudySpec
 
@@ -108,14 +109,9 @@ class BlockSearcher(Searcher):
             self.configs[k].values[key] = None
             self._tell_ready()
             return
-        if not error and (result or {}).get("status") not in ("completed", "diverged"):
+        if not error and (result or {}).get("status") not in USABLE:
             return  # stopped before its end (interrupted): it runs again on resume
-        value = None
-        if result and not error:
-            v = result.get(self.spec.metric)
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                value = float(v)
-        self.configs[k].values[key] = value
+        self.configs[k].values[key] = None if error else usable_value(result, self.spec.metric)
         self._tell_ready()
 
     def restore_progress(self, done: dict[str, float | None],

@@ -581,10 +581,9 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     if "://" not in optuna_storage:
         c.fail("storage.optuna", optuna_storage, "an SQLAlchemy URL such as "
                "sqlite:///optuna.db or postgresql://user:pw@host/db")
-    tracking_uri = st.get("tracking") or os.environ.get("MLFLOW_TRACKING_URI") \
-        or "sqlite:///mlflow.db"
-    tracking_uri = c.string("storage.tracking", tracking_uri)
-    optuna_storage, tracking_uri = _absolute_sqlite(optuna_storage), _absolute_sqlite(tracking_uri)
+    tracking_uri = resolve_tracking_uri(
+        c.string("storage.tracking", st["tracking"]) if st.get("tracking") else None)
+    optuna_storage = _absolute_sqlite(optuna_storage)
     results_dir = c.string("storage.results", st.get("results")
                            or os.environ.get("STUDY_RESULTS_DIR") or "study_results")
 
@@ -600,6 +599,13 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
         optuna_storage=optuna_storage, tracking_uri=tracking_uri, results_dir=results_dir,
         source=source, raw=_deepcopy(raw),
     )
+
+
+def resolve_tracking_uri(explicit: str | None = None) -> str:
+    """The MLflow store: `explicit`, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db;
+    a relative SQLite path made absolute."""
+    return _absolute_sqlite(explicit or os.environ.get("MLFLOW_TRACKING_URI")
+                            or "sqlite:///mlflow.db")
 
 
 def _absolute_sqlite(url: str) -> str:
