@@ -9,6 +9,15 @@ from typing import Any
 __all__ = ["ConfigRecord", "RunRecord", "StudyResult", "count_statuses"]
 
 STATUSES = ("completed", "diverged", "pruned", "failed", "running", "stopped", "pending")
+ENDED = ("completed", "diverged", "failed", "pruned")  # a run in these never runs again
+METRIC_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
+               "test_accuracy", "epoch_seconds", "train_seconds")  # logged every epoch
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of an error text (a traceback's message)."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
 
 
 def count_statuses(runs: Any) -> dict[str, int]:
@@ -41,6 +50,7 @@ class RunRecord:
     device: str = ""
     error: str = ""
     mlflow_run_id: str | None = None
+    fused: int = 1  # models it trained fused with (itself included)
 
     def as_row(self) -> dict[str, Any]:
         return {

@@ -6,6 +6,7 @@ The driver owns every store: Optuna's RDB storage (through the searcher) and MLf
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import logging
@@ -14,6 +15,7 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -21,20 +23,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ray import tune
-
-from study.analysis import USABLE, usable_value
+from study.analysis import usable_value
 from study.checkpoints import CheckpointStore
-from study.results import ConfigRecord, RunRecord, StudyResult, count_statuses
-from study.spec import KNOBS, SpecError, StudySpec, load_spec
+from study.results import ENDED, METRIC_KEYS, ConfigRecord, RunRecord, StudyResult
+from study.results import last_line as _last_line
+from study.spec import SpecError, StudySpec, load_spec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StudyCallback", "run", "trainable"]
+__all__ = ["METRIC_KEYS", "resume", "run", "trainable"]
 
 Echo = Callable[[str], None]
-METRIC_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
-               "test_accuracy", "epoch_seconds", "train_seconds")
 
 
 def _stderr(msg: str) -> None:
@@ -47,47 +46,43 @@ def _stderr(msg: str) -> None:
 
 
 def trainable(config: dict[str, Any], splits: Any = None) -> None:
-    """The Ray Tune function trainable: one training run, reported once per epoch.
+    """The Ray Tune function trainable: one block of runs (``study.block``), reported once
+    per epoch with every run's latest record.
 
     `splits`: the dataset, read once by the driver and shared through Ray's object store
     (datasets read from files); None for datasets a worker builds from the spec itself."""
     import ray
     import torch
+    from ray import tune
 
+    from study.block import block_value, train_block
     from study.data import load_tensors
     from study.spec import DatasetSpec
-    from study.train import RunOutcome, train_run
 
     torch.set_num_threads(int(config["threads"]))
     device = _device(bool(config["gpu"]))
     data = load_tensors(DatasetSpec(**config["dataset"]), device, splits)
-    run = config["run"]
-    die_after = _injected_failure(f"{config['study']}/{run['run_key']}")
     ctx = ray.get_runtime_context()
     where = {"node_id": ctx.get_node_id(), "host": socket.gethostname(),
              "device": str(device)}
-
     every = int(config.get("checkpoint_every", 0))
+    # a retried block continues each run after its last checkpointed epoch
     store = CheckpointStore(config["checkpoint_dir"]) if every else None
-    key = run["run_key"]
-    # a retry of a run whose worker died continues after its last checkpointed epoch
-    start_state = store.load(key, map_location=device) if store else None
+    metric = config["metric"]
 
-    def on_epoch(metrics: dict[str, float], outcome: RunOutcome, snapshot: Any) -> None:
-        status = outcome.status
-        if status == "completed" and metrics["epoch"] < run["epochs"]:
-            status = "running"
-        tune.report({**metrics, **where, "run_key": key, "status": status,
-                     "model_params": outcome.params, "macs": outcome.macs})
-        # after the report: a death in between repeats an epoch (logged once), never skips
-        if store and status == "running" and metrics["epoch"] % every == 0:
-            store.save(key, snapshot())
-        if die_after is not None and start_state is None and metrics["epoch"] == die_after:
-            os._exit(1)  # injected: the worker process dies (first attempt only)
+    def before_epoch(keys: Any, epoch: int, restored: bool) -> None:
+        for key in keys:
+            die_after = _injected_failure(f"{config['study']}/{key}")
+            if die_after is not None and not restored and epoch == die_after + 1:
+                os._exit(1)  # injected: the worker process dies (first attempt only)
 
-    train_run(run, data, device=device, on_epoch=on_epoch, start_state=start_state)
-    if store:
-        store.delete(key)
+    def report(epoch: int, records: dict[str, dict[str, Any]]) -> None:
+        tune.report({"epoch": epoch, metric: block_value(records, metric), **where,
+                     "runs": records})
+
+    train_block(config["block"], data, device=device, fuse=bool(config["fuse"]),
+                report=report, store=store, checkpoint_every=every,
+                retries=int(config["retries"]), before_epoch=before_epoch)
 
 
 def _injected_failure(run_id: str) -> int | None:
@@ -126,188 +121,85 @@ def _device(want_gpu: bool) -> str:
 # --------------------------------------------------------------------------------------
 
 
-class StudyCallback(tune.Callback):
-    """Tune callback: keeps the run ledger, writes MLflow children, prints progress."""
-
-    def __init__(self, spec: StudySpec, writer: Any, echo: Echo | None,
-                 progress_seconds: float = 5.0) -> None:
-        self.spec = spec
-        self.writer = writer
-        self.echo = echo
-        self.records: dict[str, RunRecord] = {}
-        self.children: set[str] = set()  # runs whose MLflow child was requested
-        self.pruned_trials: set[str] = set()  # Tune trial ids the scheduler stopped early
-        self.by_trial: dict[str, str] = {}
-        self.started = time.monotonic()
-        self._last_print = 0.0
-        self._last_line = ""
-        self._progress_seconds = progress_seconds
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks with the Tuner (for restore): the writer (a thread)
-        # and the echo function stay behind.
-        return {**self.__dict__, "writer": None, "echo": None}
-
-    # Tune calls these with keyword arguments; see ray.tune.Callback.
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run = trial.config["run"]
-        key = run["run_key"]
-        self.by_trial[trial.trial_id] = key
-        rec = self.records.get(key)
-        if rec is None:
-            rec = RunRecord(run_key=key, config=run["config"], optuna_trial=run["optuna_trial"],
-                            level=run["level"], seed=run["seed"], pair=run["pair"],
-                            params={k: run[k] for k in KNOBS if k in run})
-            self.records[key] = rec
-        rec.status = "running"
-        rec.trial_id = trial.trial_id
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
-        key = self.by_trial.get(trial.trial_id)
-        if key is None or "run_key" not in result:
-            return
-        rec = self.records[key]
-        epoch = int(result["epoch"])
-        if key not in self.children:
-            rec.node, rec.device = result.get("node_id", ""), result.get("device", "")
-            rec.model_params, rec.macs = result.get("model_params"), result.get("macs")
-            self._start_child(rec, result)
-        elif result.get("node_id", rec.node) != rec.node:  # a retry moved it to another node
-            rec.node, rec.device = result["node_id"], result.get("device", rec.device)
-            self.writer.set_tags(key, {"study.node": rec.node, "study.device": rec.device,
-                                       "study.host": result.get("host", "")})
-        if epoch <= rec.epochs:
-            # a retried attempt repeats an epoch already logged: each epoch is logged once
-            return
-        metrics = {k: float(result[k]) for k in METRIC_KEYS if k in result}
-        rec.history.append({"epoch": epoch, **metrics})
-        rec.metrics = metrics
-        rec.epochs = epoch
-        rec.status = result.get("status", "running")
-        self.writer.log_metrics(key, metrics, step=epoch)
-        if rec.status in USABLE:
-            self._finish(rec, "FINISHED")
-        self._progress()
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        key = self.by_trial.get(trial.trial_id)
-        if key is not None and self.records[key].status == "running":
-            if trial.trial_id in self.pruned_trials:  # the scheduler stopped it early
-                self._finish(self.records[key], "FINISHED", status="pruned")
-            else:  # stopped without a final report (interrupted): it runs again on resume
-                self._finish(self.records[key], "KILLED", status="stopped")
-        self._progress()
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        key = self.by_trial.get(trial.trial_id)
-        if key is not None and self.echo:
-            self.echo(f"  run {key} failed on attempt {trial.num_failures}; retrying "
-                      f"({_last_line(_error_text(trial))})")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        key = self.by_trial.get(trial.trial_id)
-        if key is None:
-            return
-        rec = self.records[key]
-        rec.error = _error_text(trial)
-        if key not in self.children:
-            self._start_child(rec, {})
-        self.writer.set_tags(key, {"study.error": _last_line(rec.error)[:4000]})
-        self._finish(rec, "FAILED", status="failed")
-        if self.echo:
-            self.echo(f"  run {key} FAILED after {trial.num_failures} attempt(s): "
-                      f"{_last_line(rec.error)}")
-        self._progress()
-
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        self._progress()
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._progress(force=True)
-
-    # -- helpers --
-
-    def _start_child(self, rec: RunRecord, result: Mapping[str, Any]) -> None:
-        s = self.spec
-        params: dict[str, Any] = {**rec.params, "seed": rec.seed, "config": rec.config,
-                                  "dataset": s.dataset.name, "model": s.model}
-        if s.compare_knob:
-            params["compared"] = s.compare_knob
-        if rec.model_params is not None:
-            params["model_params"] = rec.model_params
-            params["macs_per_example"] = rec.macs
-        tags = {
-            "study.name": s.name, "study.run_key": rec.run_key, "study.config": rec.config,
-            "study.optuna_trial": rec.optuna_trial, "study.seed": rec.seed,
-            "study.pair": rec.pair, "study.level": rec.level, "study.status": "running",
-            "ray.trial_id": rec.trial_id, "study.node": result.get("node_id", ""),
-            "study.host": result.get("host", ""), "study.device": result.get("device", ""),
-        }
-        if s.compare_knob:
-            tags["study.arm"] = f"{s.compare_knob}={rec.level}"
-        self.children.add(rec.run_key)
-        self.writer.start_child(rec.run_key, name=rec.run_key, params=params, tags=tags)
-
-    def _finish(self, rec: RunRecord, mlflow_status: str, status: str | None = None) -> None:
-        if status is not None:
-            rec.status = status
-        self.writer.set_tags(rec.run_key, {"study.status": rec.status,
-                                           "study.epochs": rec.epochs})
-        self.writer.end_child(rec.run_key, mlflow_status)
-
-    def counts(self) -> dict[str, int]:
-        return count_statuses(self.records.values())
-
-    def _progress(self, force: bool = False) -> None:
-        if self.echo is None:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_print < self._progress_seconds:
-            return
-        self._last_print = now
-        c = self.counts()
-        done = sum(c[k] for k in ENDED)
-        best = _best_so_far(self.records.values(), self.spec)
-        line = (f"[{self.spec.name}] {done}/{self.spec.total_runs} runs done "
-                f"({c['running']} running, {c['failed']} failed, {c['diverged']} diverged)"
-                f"{best}")
-        if force and line == self._last_line:
-            return
-        self._last_line = line
-        self.echo(f"{line} | {now - self.started:.0f} s")
+_PREWARM = """
+import sys
+tracking, optuna_url = sys.argv[1:3]
+if tracking:
+    from mlflow.tracking import MlflowClient
+    MlflowClient(tracking).search_experiments(max_results=1)
+if optuna_url:
+    import optuna
+    optuna.storages.RDBStorage(optuna_url)
+"""
 
 
-def _best_so_far(records: Any, spec: StudySpec) -> str:
-    by_cfg: dict[int, list[float]] = {}
-    totals: dict[int, int] = {}
-    for r in records:
-        totals[r.config] = totals.get(r.config, 0) + 1
-        v = r.metrics.get(spec.metric)
-        if r.status in USABLE and v is not None and math.isfinite(v):
-            by_cfg.setdefault(r.config, []).append(v)
-    full = {k: sum(v) / len(v) for k, v in by_cfg.items()
-            if totals[k] == spec.runs_per_config and len(v) == totals[k]}
-    if not full:
-        return ""
-    pick = max if spec.mode == "max" else min
-    k = pick(full, key=lambda i: full[i])
-    return f" | best {spec.metric} {full[k]:.4f} (config {k})"
+def _prewarm_stores(spec: StudySpec) -> subprocess.Popen | None:
+    """Create new SQLite stores in a child process while Ray starts in this one.
+
+    A new MLflow SQLite store runs its schema migrations (about 2.5 s here); done beside
+    Ray's start-up, it costs no wall time. Best effort: the stores are opened, and their
+    errors reported, by this process afterwards."""
+    new = []
+    for url in (spec.tracking_uri, spec.optuna_storage):
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+        new.append(url if path and not Path(path).exists() else "")
+    if not any(new):
+        return None
+    return subprocess.Popen([sys.executable, "-c", _PREWARM, *new],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _error_text(trial: Any) -> str:
-    path = getattr(trial, "error_file", None)
-    if path:
+# What ray.init imports on first use: imported before the helper thread starts, so that
+# two threads never import the same modules at once.
+_RAY_INIT_IMPORTS = ("ray._private.node", "ray._private.services", "ray.dashboard.optional_deps",
+                     "ray.autoscaler.v2", "ray._common.usage", "grpc", "opentelemetry",
+                     "pydantic", "prometheus_client", "aiohttp", "aiohttp_cors", "click",
+                     "colorful", "opencensus")
+
+
+class _Background:
+    """fn(*args) in a helper thread; `result` waits and returns it or re-raises its error."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        import importlib
+
+        for name in _RAY_INIT_IMPORTS:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True,
+                                       name="study-stores")
+        self.thread.start()
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
-            return Path(path).read_text()
-        except OSError:
-            pass
-    return str(getattr(trial, "error_msg", "") or "unknown error")
+            self.value = fn(*args)
+        except BaseException as e:  # re-raised in the caller's thread
+            self.error = e
+
+    def result(self) -> Any:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "unknown error"
+def _open_stores(spec: StudySpec, prewarm: subprocess.Popen | None) -> Any:
+    """Check the tracking store and open Optuna's storage (after the child process that
+    creates new SQLite stores is done)."""
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401, I001 - import before waiting
+    import optuna  # noqa: F401
+
+    from study.tracking import check_tracking_uri
+
+    if prewarm is not None:
+        try:
+            prewarm.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            prewarm.kill()
+    check_tracking_uri(spec.tracking_uri)
+    return _open_optuna_storage(spec)
 
 
 def _init_ray() -> None:
@@ -372,12 +264,15 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
         raise ValueError("overrides apply to a spec file; pass a path, not a StudySpec")
     t0 = time.monotonic()
     storage, cluster = _prepare(spec)
+    from study.callback import StudyCallback
     from study.searcher import BlockSearcher
     from study.tracking import MlflowWriter
 
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     execution = f"{spec.name}-{stamp}-{secrets.token_hex(2)}"
-    searcher = BlockSearcher(spec, storage=storage, study_name=execution)
+    fuse, seeds_per_block = block_plan(spec, cluster)
+    searcher = BlockSearcher(spec, storage=storage, study_name=execution,
+                             seeds_per_block=seeds_per_block)
     writer = MlflowWriter(
         spec.tracking_uri, spec.name, parent_name=execution,
         parent_tags={"study.name": spec.name, "study.execution": execution,
@@ -394,10 +289,11 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
         echo(spec.summary())
         echo(f"execution {execution}: Ray {cluster['CPU']:g} CPU / {cluster['GPU']:g} GPU; "
              f"MLflow {spec.tracking_uri} (experiment {spec.name!r}); "
-             f"Optuna {_redact(spec.optuna_storage)}")
+             f"Optuna {_redact(spec.optuna_storage)}; "
+             f"{_describe_plan(spec, fuse, seeds_per_block)}")
     callback = StudyCallback(spec, writer, echo)
     return _execute(spec, execution, execution, searcher, writer, callback, storage,
-                    spec.total_runs, echo, t0)
+                    spec.total_runs, echo, t0, fuse)
 
 
 def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
@@ -411,6 +307,7 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
     is reused. The counts of runs, MLflow child runs and Optuna trials end as those of an
     uninterrupted execution.
     """
+    from study.callback import StudyCallback
     from study.report import runs_from_mlflow
     from study.searcher import BlockSearcher
     from study.spec import resolve_tracking_uri
@@ -446,7 +343,9 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
     # Unfinished runs restart from epoch 1 in their new MLflow child; also those whose child
     # the dead driver never got to write, so no checkpoint may survive.
     CheckpointStore(_checkpoint_dir(spec, execution)).clear()
-    searcher = BlockSearcher(spec, storage=storage, study_name=execution)
+    fuse, seeds_per_block = block_plan(spec, cluster)
+    searcher = BlockSearcher(spec, storage=storage, study_name=execution,
+                             seeds_per_block=seeds_per_block)
     remaining = searcher.restore_progress(
         {k: usable_value(r, spec.metric) for k, r in done.items()},
         pruned={k for k, r in done.items() if r["status"] == "pruned"})
@@ -465,10 +364,37 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
              f"{len(stale)} unfinished run(s) to run again, {remaining} runs left; Ray "
              f"{cluster['CPU']:g} CPU / {cluster['GPU']:g} GPU")
     return _execute(spec, execution, f"{execution}-resume{n_resume}", searcher, writer,
-                    callback, storage, remaining, echo, t0)
+                    callback, storage, remaining, echo, t0, fuse)
 
 
-ENDED = ("completed", "diverged", "failed", "pruned")
+def block_plan(spec: StudySpec, cluster: Mapping[str, float]) -> tuple[bool, int]:
+    """(fuse, seeds per block): how the runs of a configuration are grouped into Tune trials.
+
+    A block holds every level of its seeds, so the arms of a pair train side by side. Fused
+    training (`train.fuse`: on, or auto on a GPU) wants big blocks: a configuration is split
+    only as much as needed to keep every slot busy (configurations in flight are at most
+    `search.pending`). Unfused, a block is one pair (or `execution.runs_per_trial` runs).
+    """
+    fuse = spec.fuse == "on" or (spec.fuse == "auto" and spec.gpu > 0)
+    if spec.runs_per_trial:
+        return fuse, max(1, spec.runs_per_trial // len(spec.levels))
+    if not fuse:
+        return fuse, 1
+    if spec.concurrency:
+        slots = spec.concurrency
+    elif spec.gpu > 0:
+        slots = max(1, int(cluster["GPU"] / spec.gpu))
+    else:
+        slots = max(1, int(cluster["CPU"] / spec.cpu))
+    splits = max(1, math.ceil(slots / max(1, min(spec.trials, spec.pending))))
+    return fuse, max(1, math.ceil(spec.repeats / splits))
+
+
+def _describe_plan(spec: StudySpec, fuse: bool, seeds_per_block: int) -> str:
+    runs = min(seeds_per_block, spec.repeats) * len(spec.levels)
+    how = "fused where the architecture allows" if fuse else "one after another"
+    return f"up to {runs} run(s) per Tune trial, trained {how}"
+
 
 
 def _record_from_row(r: Mapping[str, Any]) -> RunRecord:
@@ -486,20 +412,28 @@ def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
     from study.tracking import check_tracking_uri
 
     _check_job_paths(spec)
-    check_tracking_uri(spec.tracking_uri)
-    storage = _open_optuna_storage(spec)
+    if os.environ.get(JOB_ENV):
+        # A job's working directory is a temporary copy that Ray can delete while the job
+        # runs (ray-project/ray#52343); every store path is absolute (checked above),
+        # so leave it before anything (MLflow) asks for the working directory.
+        os.chdir(_results_dir(spec) if "://" not in spec.results_dir else Path.home())
+    if "://" in spec.tracking_uri and not spec.tracking_uri.startswith("sqlite:"):
+        check_tracking_uri(spec.tracking_uri)  # a server: a quick health check, first
+    prewarm = _prewarm_stores(spec)
     # Per-trial JSON/CSV/TensorBoard files duplicate what MLflow holds: off. Tune's result
     # grid then warns that it has no metrics to load; we build results from the callback.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ray starts here (seconds, mostly waiting for its processes; in the main thread, since
+    # its processes die with the thread that started them) while a helper thread imports
+    # MLflow and Optuna and opens the stores.
+    stores = _Background(_open_stores, spec, prewarm)
     _init_ray()
+    storage = stores.result()
+    import ray.tune  # noqa: F401
     cluster = _check_cluster(spec)
     _check_shared_results(spec)
-    if os.environ.get(JOB_ENV):
-        # A job's working directory is a temporary copy that Ray can delete while the job
-        # runs (ray-project/ray#52343); every path is absolute by now, so leave it.
-        os.chdir(_results_dir(spec) if "://" not in spec.results_dir else Path.home())
     return storage, cluster
 
 
@@ -556,8 +490,12 @@ def _check_shared_results(spec: StudySpec) -> None:
 
 
 def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, writer: Any,
-             callback: StudyCallback, storage: Any, num_samples: int, echo: Echo | None,
-             t0: float) -> StudyResult:
+             callback: Any, storage: Any, num_samples: int, echo: Echo | None,
+             t0: float, fuse: bool) -> StudyResult:
+    from ray import tune
+
+    from study.callback import PruningASHA
+
     results_dir = _results_dir(spec)
     dataset = spec.dataset.as_dict()
     splits = None
@@ -570,7 +508,7 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
     callback.pruned_trials = searcher.pruned_trials  # one set: the scheduler fills it
     scheduler = None
     if spec.scheduler == "asha":
-        scheduler = _PruningASHA(searcher.pruned_trials, time_attr="epoch", metric=spec.metric,
+        scheduler = PruningASHA(searcher.pruned_trials, time_attr="epoch", metric=spec.metric,
                                  mode=spec.mode, max_t=int(spec.fixed.get("epochs", 10**6)),
                                  grace_period=spec.grace_period,
                                  reduction_factor=spec.reduction_factor)
@@ -579,7 +517,8 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
                             {"cpu": spec.cpu, "gpu": spec.gpu}),
         param_space={"study": spec.name, "dataset": dataset, "threads": threads,
                      "gpu": spec.gpu > 0, "checkpoint_every": spec.checkpoint_every,
-                     "checkpoint_dir": _checkpoint_dir(spec, execution)},
+                     "checkpoint_dir": _checkpoint_dir(spec, execution), "fuse": fuse,
+                     "metric": spec.metric, "retries": spec.retries},
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(num_samples, 1),
                                     max_concurrent_trials=spec.concurrency,
                                     scheduler=scheduler,
@@ -650,7 +589,7 @@ def _report(spec: StudySpec, result: StudyResult, storage: Any, writer: Any, fol
                  f"run is stored: rebuild it with `study report {result.execution}`")
 
 
-def _result(spec: StudySpec, execution: str, status: str, cb: StudyCallback,
+def _result(spec: StudySpec, execution: str, status: str, cb: Any,
             searcher: Any, writer: Any, wall: float) -> StudyResult:
     configs = []
     for c in searcher.configs:
@@ -674,23 +613,6 @@ def _spec_yaml(spec: StudySpec) -> str:
     return head + yaml.safe_dump(dict(spec.raw), sort_keys=False)
 
 
-class _PruningASHA(tune.schedulers.ASHAScheduler):
-    """ASHA that remembers which runs it stopped before their last epoch (to tell Optuna
-    PRUNED and to record the run as `pruned`, not as finished with an early metric)."""
-
-    def __init__(self, pruned: set[str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.pruned = pruned
-        self.max_epochs = kwargs["max_t"]
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        action = super().on_trial_result(tune_controller, trial, result)
-        if action == tune.schedulers.TrialScheduler.STOP and \
-                result.get("epoch", self.max_epochs) < self.max_epochs:
-            self.pruned.add(trial.trial_id)
-        return action
-
-
 def _results_dir(spec: StudySpec) -> str:
     """Tune's storage path: a URI (s3://...) as given, a local or shared path made absolute."""
     if "://" in spec.results_dir:
@@ -712,7 +634,8 @@ def _report_dir(spec: StudySpec, execution: str) -> Path:
 
 
 def _trial_dirname(trial: Any) -> str:
-    return f"{trial.config['run']['run_key']}-{trial.trial_id}"
+    block = trial.config["block"]
+    return f"{block[0]['run_key']}+{len(block)}-{trial.trial_id}"
 
 
 def _parent_params(spec: StudySpec) -> dict[str, Any]:

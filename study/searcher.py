@@ -1,7 +1,8 @@
 """A Tune searcher that turns each Optuna configuration into its block of runs.
 
 `BlockSearcher` wraps Ray's `OptunaSearch`. For every configuration Optuna proposes it hands
-Tune one trial per (seed, level); when all runs of a configuration have ended it tells
+Tune one trial per block of runs (every level of `seeds_per_block` seeds, see
+``study.block``); when all runs of a configuration have ended it tells
 Optuna one value: the mean of the metric over the configuration's finished runs (diverged
 runs included with the value they reached; failed runs and non-finite values left out; a
 configuration with no usable run is told as FAIL).
@@ -47,6 +48,21 @@ class ConfigState:
         return len(self.values) == len(self.runs)
 
 
+def _records(result: dict | None) -> dict[str, dict[str, Any]]:
+    """The per-run records of a block's result; Tune hands searchers the result flattened
+    ("runs/<run_key>/<field>"), callbacks and tests pass it nested."""
+    if not result:
+        return {}
+    if isinstance(result.get("runs"), dict):
+        return result["runs"]
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in result.items():
+        if k.startswith("runs/"):
+            key, _, name = k[len("runs/"):].rpartition("/")
+            out.setdefault(key, {})[name] = v
+    return out
+
+
 def aggregate(values: list[float | None]) -> float | None:
     ok = [v for v in values if v is not None and math.isfinite(v)]
     return math.fsum(ok) / len(ok) if ok else None  # fsum: independent of the order
@@ -54,7 +70,7 @@ def aggregate(values: list[float | None]) -> float | None:
 
 class BlockSearcher(Searcher):
     def __init__(self, spec: StudySpec, *, storage: Any, study_name: str,
-                 pruned_trials: set[str] | None = None) -> None:
+                 pruned_trials: set[str] | None = None, seeds_per_block: int = 1) -> None:
         super().__init__(metric=spec.metric, mode=spec.mode)
         self.spec = spec
         # Tune trial ids the scheduler stopped early (filled by the runner's ASHA)
@@ -62,9 +78,11 @@ class BlockSearcher(Searcher):
         self.inner = OptunaSearch(space=define_by_run(spec), metric=spec.metric,
                                   mode=spec.mode, sampler=make_sampler(spec),
                                   storage=storage, study_name=study_name)
+        self.seeds_per_block = max(1, seeds_per_block)
         self.configs: list[ConfigState] = []
-        self.queue: list[dict[str, Any]] = []
-        self.trial_runs: dict[str, tuple[int, str]] = {}  # Tune trial id -> (config, run_key)
+        self.queue: list[list[dict[str, Any]]] = []  # blocks not yet handed out
+        self.trial_runs: dict[str, tuple[int, list[str]]] = {}  # trial id -> (config, runs)
+        self.last: dict[str, dict[str, Any]] = {}  # trial id -> its runs' latest records
         self.next_to_tell = 0
 
     # -- Tune API --
@@ -89,29 +107,46 @@ class BlockSearcher(Searcher):
             for r in runs:
                 r["optuna_trial"] = number
             self.configs.append(ConfigState(k, dict(params), number, runs))
-            self.queue.extend(runs)
+            self.queue.extend(self._blocks(runs))
             self._tell_ready()
-        run = self.queue.pop(0)
-        self.trial_runs[trial_id] = (run["config"], run["run_key"])
-        return {"run": run}
+        block = self.queue.pop(0)
+        self.trial_runs[trial_id] = (block[0]["config"], [r["run_key"] for r in block])
+        return {"block": block}
+
+    def _blocks(self, runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """Runs (seeds outer, levels inner) cut into blocks of whole seeds."""
+        by_seed: dict[int, list[dict[str, Any]]] = {}
+        for r in runs:
+            by_seed.setdefault(r["seed"], []).append(r)
+        seeds = list(by_seed)
+        n = self.seeds_per_block
+        return [[r for s in seeds[i: i + n] for r in by_seed[s]]
+                for i in range(0, len(seeds), n)]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Optuna is told one value per configuration, at its end (NopPruner in OptunaSearch).
-        pass
+        records = _records(result)
+        if records:
+            self.last[trial_id] = records
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         if trial_id not in self.trial_runs:
             return
-        k, key = self.trial_runs[trial_id]
-        if trial_id in self.pruned_trials:
-            self.configs[k].pruned.add(key)
-            self.configs[k].values[key] = None
-            self._tell_ready()
-            return
-        if not error and (result or {}).get("status") not in USABLE:
-            return  # stopped before its end (interrupted): it runs again on resume
-        self.configs[k].values[key] = None if error else usable_value(result, self.spec.metric)
+        k, keys = self.trial_runs[trial_id]
+        cfg = self.configs[k]
+        records = _records(result) or self.last.get(trial_id, {})
+        for key in keys:
+            rec = records.get(key, {})
+            status = rec.get("status")
+            if status in USABLE:  # ended on its own (a block says completed at the end only)
+                cfg.values[key] = usable_value(rec, self.spec.metric)
+            elif trial_id in self.pruned_trials:
+                cfg.pruned.add(key)
+                cfg.values[key] = None
+            elif status == "failed" or error:
+                cfg.values[key] = None
+            # else: stopped before its end (interrupted): it runs again on resume
         self._tell_ready()
 
     def restore_progress(self, done: dict[str, float | None],
@@ -140,7 +175,7 @@ class BlockSearcher(Searcher):
             else:
                 self.inner._ot_trials[f"config-{k}"] = optuna.trial.Trial(study, t._trial_id)
             self.configs.append(cfg)
-            self.queue.extend(r for r in runs if r["run_key"] not in cfg.values)
+            self.queue.extend(self._blocks([r for r in runs if r["run_key"] not in cfg.values]))
         told = [c.told for c in self.configs]
         self.next_to_tell = told.index(False) if False in told else len(told)
         self._tell_ready()

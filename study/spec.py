@@ -129,6 +129,7 @@ KNOBS: dict[str, Knob] = _knobs(
 )
 
 MODELS = ("cnn",)
+FUSE_MODES = ("auto", "on", "off")
 DATASETS = ("digits", "synthetic", "npz", "idx", "fashion-mnist", "cifar10")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 METRICS = {
@@ -232,6 +233,8 @@ class StudySpec:
     concurrency: int | None
     retries: int
     checkpoint_every: int  # epochs between checkpoints a retried run continues from; 0: never
+    fuse: str  # auto (on a GPU), on, off: train a block's compatible runs as one model
+    runs_per_trial: int | None  # runs per Tune trial (whole pairs); None: chosen (runner)
     optuna_storage: str
     tracking_uri: str
     results_dir: str
@@ -468,7 +471,12 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     model_map = c.mapping("model", model_raw, ["name", *model_knobs])
     model = c.string("model.name", model_map.pop("name", "cnn"), MODELS)
     train_knobs = [k.name for k in KNOBS.values() if k.section == "train"]
-    train_map = c.mapping("train", top.get("train"), train_knobs)
+    train_map = c.mapping("train", top.get("train"), [*train_knobs, "fuse"])
+    fuse_raw = train_map.pop("fuse", "auto")
+    # YAML reads a bare on/off as true/false
+    fuse_raw = {True: "on", False: "off"}.get(fuse_raw, fuse_raw) \
+        if isinstance(fuse_raw, bool) else fuse_raw
+    fuse = c.string("train.fuse", fuse_raw, FUSE_MODES)
 
     fixed: dict[str, Any] = {k.name: k.default for k in KNOBS.values()}
     fixed_from: dict[str, str] = {}
@@ -567,12 +575,17 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
                "GPUs")
 
     ex = c.mapping("execution", top.get("execution"),
-                   ["concurrency", "retries", "checkpoint_every"])
+                   ["concurrency", "retries", "checkpoint_every", "runs_per_trial"])
     conc_raw = ex.get("concurrency")
     concurrency = None if conc_raw is None else c.integer("execution.concurrency", conc_raw, 1)
     retries = c.integer("execution.retries", ex.get("retries", 2), low=0)
     checkpoint_every = c.integer("execution.checkpoint_every",
                                  ex.get("checkpoint_every", 1), low=0)
+    rpt = ex.get("runs_per_trial", "auto")
+    runs_per_trial = None if rpt == "auto" else c.integer("execution.runs_per_trial", rpt, 1)
+    if fuse == "on" and fixed.get("precision") == "fp16":
+        c.fail("train.fuse", "on", "auto or off with `train.precision: fp16` (one loss "
+               "scaler cannot serve several fused models); or precision fp32/bf16")
 
     st = c.mapping("storage", top.get("storage"), ["optuna", "tracking", "results"])
     optuna_storage = st.get("optuna") or os.environ.get("STUDY_OPTUNA_STORAGE") \
@@ -595,7 +608,8 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
         grace_period=grace_period, reduction_factor=reduction_factor, metric=metric,
         mode=mode, verdict_metric=verdict_metric, verdict_mode=verdict_mode, margin=margin,
         verdict_by=tuple(by_list), alpha=alpha, cpu=cpu, gpu=gpu, concurrency=concurrency,
-        retries=retries, checkpoint_every=checkpoint_every,
+        retries=retries, checkpoint_every=checkpoint_every, fuse=fuse,
+        runs_per_trial=runs_per_trial,
         optuna_storage=optuna_storage, tracking_uri=tracking_uri, results_dir=results_dir,
         source=source, raw=_deepcopy(raw),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from torch import nn
 from study.data import TensorData
 from study.models import build_model, model_stats
 
-__all__ = ["RunOutcome", "evaluate", "train_run"]
+__all__ = ["RunOutcome", "Trainer", "evaluate", "train_run"]
 
 BATCH_ORDER_SEED_OFFSET = 7_919  # batch-order generator seed = run seed + this
 EVAL_BATCH = 2048  # examples per forward pass when evaluating
@@ -42,13 +42,34 @@ class RunOutcome:
     def final(self) -> dict[str, float]:
         return self.history[-1] if self.history else {}
 
+    def record(self, train_loss: float, train_acc: float, val_loss: float, val_acc: float,
+               test_loss: float, test_acc: float, seconds: float) -> dict[str, float]:
+        """Append one epoch's metrics; `seconds`: the training time this epoch cost this run
+        (its share of the time when it trained fused with others)."""
+        self.epochs += 1
+        self.train_seconds += seconds
+        metrics = {
+            "epoch": self.epochs,
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "test_loss": test_loss,
+            "test_accuracy": test_acc,
+            "epoch_seconds": seconds,
+            "train_seconds": self.train_seconds,
+        }
+        self.history.append(metrics)
+        return metrics
 
-def make_optimizer(model: nn.Module, run: Mapping[str, Any]) -> torch.optim.Optimizer:
+
+def make_optimizer(params: Iterable[torch.Tensor], run: Mapping[str, Any],
+                   ) -> torch.optim.Optimizer:
     if run["optimizer"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=run["lr"], momentum=run["momentum"],
+        return torch.optim.SGD(params, lr=run["lr"], momentum=run["momentum"],
                                weight_decay=run["weight_decay"])
     if run["optimizer"] == "adam":
-        return torch.optim.Adam(model.parameters(), lr=run["lr"],
+        return torch.optim.Adam(params, lr=run["lr"],
                                 betas=(run["momentum"], 0.999),
                                 weight_decay=run["weight_decay"])
     raise ValueError(f"unknown optimizer {run['optimizer']!r}; allowed: sgd, adam")
@@ -88,6 +109,105 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 EpochHook = Callable[[dict[str, float], RunOutcome, Callable[[], dict[str, Any]]], None]
 
 
+def is_diverged(train_loss: float, num_classes: int) -> bool:
+    return not math.isfinite(train_loss) or \
+        train_loss > DIVERGED_FACTOR * math.log(max(num_classes, 2))
+
+
+class Trainer:
+    """One run, trained one epoch at a time (see :func:`train_run`).
+
+    The block executor (``study.block``) steps several trainers in lockstep; the fused
+    trainer (``study.fused.FusedTrainer``) has the same interface for many runs at once:
+    `runs`, `outcomes`, `done`, `epochs`, `epoch()`, `state()`.
+    """
+
+    fused = False
+
+    def __init__(self, run: Mapping[str, Any], data: TensorData, *,
+                 device: str | torch.device = "cpu",
+                 start_state: Mapping[str, Any] | None = None) -> None:
+        self.runs = [run]
+        self.run = run
+        self.data = data
+        self.model = build_model(run, data.input_shape, data.num_classes)
+        stats = model_stats(self.model, data.input_shape)
+        self.model.to(device)
+        self.opt = make_optimizer(self.model.parameters(), run)
+        self.batch_gen = torch.Generator().manual_seed(int(run["seed"]) +
+                                                       BATCH_ORDER_SEED_OFFSET)
+        self.precision = run.get("precision", "fp32")
+        self.dev = data.x_train.device
+        # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not
+        self.scaler = torch.amp.GradScaler(self.dev.type, enabled=self.precision == "fp16")
+        self.outcome = RunOutcome(status="completed", epochs=0, params=stats.params,
+                                  macs=stats.macs)
+        self.outcomes = [self.outcome]
+        if start_state is not None:
+            self.model.load_state_dict(start_state["model"])
+            self.opt.load_state_dict(start_state["optimizer"])
+            self.scaler.load_state_dict(start_state.get("scaler", {}))
+            self.batch_gen.set_state(start_state["batch_gen"])
+            self.outcome.history = [dict(h) for h in start_state["history"]]
+            self.outcome.epochs = int(start_state["epoch"])
+            self.outcome.status = start_state.get("status", "completed")
+            self.outcome.train_seconds = (self.outcome.history[-1]["train_seconds"]
+                                          if self.outcome.history else 0.0)
+
+    @property
+    def epochs(self) -> int:
+        return self.outcome.epochs
+
+    @property
+    def done(self) -> bool:
+        return self.outcome.status == "diverged" or self.outcome.epochs >= int(
+            self.run["epochs"])
+
+    def state(self) -> dict[str, Any]:
+        """The full training state: a checkpoint the trainer continues from exactly."""
+        return {"epoch": self.outcome.epochs, "status": self.outcome.status,
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scaler": self.scaler.state_dict(), "batch_gen": self.batch_gen.get_state(),
+                "history": list(self.outcome.history)}
+
+    def epoch(self) -> list[dict[str, float]]:
+        """Train one epoch, evaluate, and return the epoch's metrics (a list of one)."""
+        data, model, opt, scaler, dev = self.data, self.model, self.opt, self.scaler, self.dev
+        t0 = time.perf_counter()
+        model.train()
+        n = len(data.x_train)
+        bs = int(self.run["batch_size"])
+        order = torch.randperm(n, generator=self.batch_gen).to(dev)
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.long)
+        seen = 0
+        for i in range(0, n, bs):
+            idx = order[i: i + bs]
+            if len(idx) < 2:  # a batch of one breaks BatchNorm; drop it (same for all arms)
+                continue
+            xb, yb = data.x_train[idx], data.y_train[idx]
+            with autocast(dev, self.precision):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == yb).sum()
+            seen += len(idx)
+        train_loss = loss_sum.item() / max(seen, 1)
+        train_acc = correct.item() / max(seen, 1)
+        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, self.precision)
+        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, self.precision)
+        seconds = time.perf_counter() - t0
+        metrics = self.outcome.record(train_loss, train_acc, val_loss, val_acc, test_loss,
+                                      test_acc, seconds)
+        if is_diverged(train_loss, data.num_classes):
+            self.outcome.status = "diverged"
+        return [metrics]
+
+
 def train_run(run: Mapping[str, Any], data: TensorData, *, device: str | torch.device = "cpu",
               on_epoch: EpochHook | None = None,
               start_state: Mapping[str, Any] | None = None) -> RunOutcome:
@@ -99,80 +219,9 @@ def train_run(run: Mapping[str, Any], data: TensorData, *, device: str | torch.d
     for a checkpoint. `start_state`, such a state, continues a run after its last epoch:
     on the CPU the numbers are exactly those of an uninterrupted run.
     """
-    seed = int(run["seed"])
-    model = build_model(run, data.input_shape, data.num_classes)
-    stats = model_stats(model, data.input_shape)
-    model.to(device)
-    opt = make_optimizer(model, run)
-    batch_gen = torch.Generator().manual_seed(seed + BATCH_ORDER_SEED_OFFSET)
-    n = len(data.x_train)
-    bs = int(run["batch_size"])
-    out = RunOutcome(status="completed", epochs=0, params=stats.params, macs=stats.macs)
-    precision = run.get("precision", "fp32")
-    dev = data.x_train.device
-    # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not
-    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
-    first = 1
-    if start_state is not None:
-        model.load_state_dict(start_state["model"])
-        opt.load_state_dict(start_state["optimizer"])
-        scaler.load_state_dict(start_state.get("scaler", {}))
-        batch_gen.set_state(start_state["batch_gen"])
-        out.history = [dict(h) for h in start_state["history"]]
-        out.epochs = first = int(start_state["epoch"])
-        first += 1
-
-    def snapshot() -> dict[str, Any]:
-        return {"epoch": out.epochs, "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                "batch_gen": batch_gen.get_state(),
-                "history": list(out.history)}
-
-    t_start = time.perf_counter() - (out.history[-1]["train_seconds"] if out.history else 0.0)
-    model.train()
-    for epoch in range(first, int(run["epochs"]) + 1):
-        t0 = time.perf_counter()
-        order = torch.randperm(n, generator=batch_gen).to(data.x_train.device)
-        loss_sum = torch.zeros((), device=data.x_train.device)
-        correct = torch.zeros((), device=data.x_train.device, dtype=torch.long)
-        seen = 0
-        for i in range(0, n, bs):
-            idx = order[i: i + bs]
-            if len(idx) < 2:  # a batch of one breaks BatchNorm; drop it (same for all arms)
-                continue
-            xb, yb = data.x_train[idx], data.y_train[idx]
-            with autocast(dev, precision):
-                logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.detach().argmax(1) == yb).sum()
-            seen += len(idx)
-        train_loss = loss_sum.item() / max(seen, 1)
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, precision)
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, precision)
-        metrics = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_accuracy": correct.item() / max(seen, 1),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "test_loss": test_loss,
-            "test_accuracy": test_acc,
-            "epoch_seconds": time.perf_counter() - t0,
-            "train_seconds": time.perf_counter() - t_start,
-        }
-        out.history.append(metrics)
-        out.epochs = epoch
-        if not math.isfinite(train_loss) or train_loss > DIVERGED_FACTOR * math.log(
-                max(data.num_classes, 2)):
-            out.status = "diverged"
+    trainer = Trainer(run, data, device=device, start_state=start_state)
+    while not trainer.done:
+        (metrics,) = trainer.epoch()
         if on_epoch is not None:
-            on_epoch(metrics, out, snapshot)
-        if out.status == "diverged":
-            break
-    out.train_seconds = time.perf_counter() - t_start
-    return out
+            on_epoch(metrics, trainer.outcome, trainer.state)
+    return trainer.outcome

@@ -24,10 +24,12 @@ def test_benchmark_runs_are_the_ones_study_proposes(tmp_path):
     searcher = BlockSearcher(spec, storage=optuna.storages.RDBStorage(
         f"sqlite:///{tmp_path}/o.db"), study_name="b")
     proposed = []
-    for i in range(24):
-        cfg = searcher.suggest(f"t{i}")
-        proposed.append(cfg["run"])
-        searcher.on_trial_complete(f"t{i}", {"val_accuracy": 0.5, "status": "completed"})
+    for i in range(12):  # one trial per pair (both arms of a seed)
+        block = searcher.suggest(f"t{i}")["block"]
+        proposed += block
+        searcher.on_trial_complete(f"t{i}", {"runs": {r["run_key"]: {
+            "val_accuracy": 0.5, "status": "completed"} for r in block}})
+    assert searcher.suggest("t12") == "FINISHED"
     strip = [{k: v for k, v in r.items() if k != "optuna_trial"} for r in proposed]
     assert strip == runs
 

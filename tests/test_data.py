@@ -91,6 +91,17 @@ def test_digits_and_fixed_split():
     assert not np.array_equal(a.y_train, c.y_train)
 
 
+def test_digits_read_directly_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    from study.data import _digits
+
+    x, y = _digits()
+    ref = load_digits()
+    assert np.array_equal(x.reshape(len(x), -1) * 16.0, ref.data.astype(np.float32))
+    assert np.array_equal(y, ref.target)
+
+
 def test_synthetic_limit_and_tensor_cache():
     ds = DatasetSpec("synthetic", samples=300, image_size=5, channels=2, classes=3, limit=50)
     s = load_splits(ds)

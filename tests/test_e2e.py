@@ -136,6 +136,29 @@ def test_crashed_and_diverged_runs_are_recorded_and_the_study_goes_on(ray_local,
     assert parents[0].data.tags["study.runs_diverged"] == "2"
 
 
+def test_fused_study_equals_the_unfused_one(ray_local, workdir):
+    """`train.fuse: on`: a configuration's runs train as one model in one Tune trial, each
+    still its own MLflow child with its own metrics, equal to separate training."""
+    raw = tiny_spec(name="fused", repeats=2, train={"epochs": 2, "batch_size": 32,
+                                                    "fuse": "on"})
+    fused = study.run(write_spec(workdir / "f.yaml", raw), echo=None)
+    raw["train"]["fuse"] = "off"
+    plain = study.run(write_spec(workdir / "p.yaml", raw), echo=None)
+    assert [c.params for c in fused.configs] == [c.params for c in plain.configs]
+    a = {r.run_key: r for r in fused.runs}
+    b = {r.run_key: r for r in plain.runs}
+    assert a.keys() == b.keys() and len(a) == 8
+    for k in a:
+        assert a[k].status == b[k].status == "completed"
+        assert abs(a[k].metrics["val_loss"] - b[k].metrics["val_loss"]) < 1e-5
+        assert abs(a[k].metrics["val_accuracy"] - b[k].metrics["val_accuracy"]) < 0.02
+    assert {r.fused for r in fused.runs} == {4} and {r.fused for r in plain.runs} == {1}
+    assert len({r.trial_id for r in fused.runs}) == 2  # one Tune trial per configuration
+    _, parents, children = mlflow_runs("fused")
+    assert len(parents) == 2 and len(children) == 16
+    assert {c.data.params["fused_models"] for c in children} == {"4", "1"}
+
+
 def test_gpu_requested_where_ray_has_none_fails_before_any_run(ray_local, workdir):
     path = write_spec(workdir / "g.yaml", tiny_spec(name="gpu", resources={"gpu": 1}))
     with pytest.raises(study.SpecError) as ei:

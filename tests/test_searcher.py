@@ -24,6 +24,11 @@ def fake_metric(run):
         + (0.002 if run["bias"] else 0.0)
 
 
+def block_result(s, block, status="completed", value=fake_metric):
+    """What a block trial reports at its end: every run's latest record."""
+    return {"runs": {r["run_key"]: {s.metric: value(r), "status": status} for r in block}}
+
+
 def drive(s, order_seed, slots, storage_url):
     """Play Tune: fill `slots`, finish a random running trial, repeat."""
     storage = optuna.storages.RDBStorage(storage_url)
@@ -42,14 +47,13 @@ def drive(s, order_seed, slots, storage_url):
                 break
             if cfg is None:
                 break
-            running[tid] = cfg["run"]
+            running[tid] = cfg["block"]
             n += 1
         if not running:
             assert finished, "the searcher stalled with nothing running"
             break
         tid = rng.choice(sorted(running))
-        searcher.on_trial_complete(tid, {s.metric: fake_metric(running.pop(tid)),
-                                        "status": "completed"})
+        searcher.on_trial_complete(tid, block_result(s, running.pop(tid)))
     return searcher, optuna.load_study(study_name=name, storage=storage)
 
 
@@ -57,6 +61,11 @@ def test_runs_are_paired_blocks(tmp_path):
     s = spec()
     searcher, _ = drive(s, 0, 3, f"sqlite:///{tmp_path}/o.db")
     c0 = searcher.configs[0]
+    # one Tune trial per pair (both arms of one seed) unless asked for more seeds per trial
+    assert [[r["run_key"] for r in b] for b in searcher._blocks(c0.runs)] == [
+        ["c000-bias=True-s1", "c000-bias=False-s1"], ["c000-bias=True-s2", "c000-bias=False-s2"]]
+    searcher.seeds_per_block = 2
+    assert len(searcher._blocks(c0.runs)) == 1
     assert [(r["seed"], r["bias"]) for r in c0.runs] == [(1, True), (1, False), (2, True),
                                                         (2, False)]
     assert {r["pair"] for r in c0.runs} == {"c000-s1", "c000-s2"}
@@ -92,33 +101,43 @@ def test_failed_runs_left_out_and_all_failed_is_fail(tmp_path):
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o.db")
     searcher = BlockSearcher(s, storage=storage, study_name="f")
     tids = {}
-    for i in range(8):
+    for i in range(4):  # 2 configurations x 2 seeds, a pair per block
         cfg = searcher.suggest(f"t{i}")
-        tids[f"t{i}"] = cfg["run"]
+        tids[f"t{i}"] = cfg["block"]
     assert searcher.suggest("t9") == "FINISHED"
-    for tid, run in tids.items():
-        if run["config"] == 0:
-            ok = run["seed"] != 0 or run["bias"]
-            searcher.on_trial_complete(tid, {s.metric: 0.5 if ok else float("nan"),
-                                             "status": "completed" if ok else "diverged"})
-        else:
+    for tid, block in tids.items():
+        if block[0]["config"] == 0:
+            # seed 0's bias-off arm diverged to NaN; a run of seed 1 raised (failed)
+            searcher.on_trial_complete(tid, {"runs": {r["run_key"]: (
+                {s.metric: 0.5, "status": "completed"} if r["seed"] != 0 and r["bias"] else
+                {"status": "failed", "error": "boom"} if r["seed"] != 0 else
+                {s.metric: 0.5, "status": "completed"} if r["bias"] else
+                {s.metric: float("nan"), "status": "diverged"}) for r in block}})
+        else:  # the worker died for good: the trial errors, with its last records cached
+            searcher.on_trial_result(tid, {"runs": {block[0]["run_key"]: {
+                s.metric: 0.9, "status": "completed"}}})
             searcher.on_trial_complete(tid, None, error=True)
     study = optuna.load_study(study_name="f", storage=storage)
     t0, t1 = study.get_trials()
     assert t0.state.name == "COMPLETE" and t0.value == 0.5
     assert searcher.configs[0].values["c000-bias=False-s0"] is None
-    assert t1.state.name == "FAIL"
+    assert searcher.configs[0].values["c000-bias=False-s1"] is None
+    # a run that had ended before its block's worker died keeps its value
+    assert t1.state.name == "COMPLETE" and t1.value == 0.9
 
 
 def test_a_run_stopped_before_its_end_leaves_its_configuration_open(tmp_path):
     s = spec(search={"sampler": "random", "trials": 1, "seed": 0}, repeats=1)
     searcher = BlockSearcher(s, storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o.db"),
                              study_name="stop")
-    a, _b = searcher.suggest("a"), searcher.suggest("b")
-    searcher.on_trial_complete("a", {s.metric: 0.9, "status": "completed"})
-    searcher.on_trial_complete("b", {s.metric: 0.2, "status": "running"})  # interrupted
+    (a, b) = searcher.suggest("a")["block"]
+    searcher.on_trial_complete("a", {"runs": {a["run_key"]: {s.metric: 0.9,
+                                                             "status": "completed"},
+                                              b["run_key"]: {s.metric: 0.2,
+                                                             "status": "running"}}})
     assert not searcher.configs[0].complete and not searcher.configs[0].told
-    assert a["run"]["run_key"] in searcher.configs[0].values
+    assert a["run_key"] in searcher.configs[0].values  # b runs again on resume
+    assert b["run_key"] not in searcher.configs[0].values
 
 
 def test_restore_progress_continues_exactly(tmp_path):
@@ -135,13 +154,13 @@ def test_restore_progress_continues_exactly(tmp_path):
     while len(done) < 11:  # some configurations told, some asked and half-run
         cfg = first.suggest(f"t{n}")
         if isinstance(cfg, dict):
-            running[f"t{n}"] = cfg["run"]
+            running[f"t{n}"] = cfg["block"]
             n += 1
         if len(running) >= 3 or not isinstance(cfg, dict):
             tid = rng.choice(sorted(running))
-            run = running.pop(tid)
-            first.on_trial_complete(tid, {s.metric: fake_metric(run), "status": "completed"})
-            done[run["run_key"]] = fake_metric(run)
+            block = running.pop(tid)
+            first.on_trial_complete(tid, block_result(s, block))
+            done.update({r["run_key"]: fake_metric(r) for r in block})
     asked_before = len(first.configs)
     del first  # the driver dies; `running` runs are lost
 
@@ -160,10 +179,10 @@ def test_restore_progress_continues_exactly(tmp_path):
                 break
             if cfg is None:
                 break
-            running[f"r{m}"] = cfg["run"]
-            m += 1
-        for tid, run in sorted(running.items()):
-            second.on_trial_complete(tid, {s.metric: fake_metric(run), "status": "completed"})
+            running[f"r{m}"] = cfg["block"]
+            m += len(cfg["block"])
+        for tid, block in sorted(running.items()):
+            second.on_trial_complete(tid, block_result(s, block))
         if not running and not finished:
             raise AssertionError("stalled")
     assert m == left

@@ -265,3 +265,27 @@ def test_package_docstring_example_runs(monkeypatch):
     monkeypatch.chdir(SPECS.parent)
     result = doctest.testmod(study)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def test_fuse_and_runs_per_trial(tmp_path):
+    from study.runner import block_plan
+
+    s = parse_spec(tiny_spec(repeats=4, train={"epochs": 2, "fuse": True}))  # YAML's `on`
+    assert s.fuse == "on" and s.runs_per_trial is None
+    cpus = {"CPU": 2.0, "GPU": 0.0}
+    # fused: whole configurations per trial while the 2 configurations in flight fill 2 slots
+    assert block_plan(s, cpus) == (True, 4)
+    assert block_plan(parse_spec(tiny_spec(repeats=4, execution={"concurrency": 8},
+                                           train={"fuse": "on"})), cpus) == (True, 1)
+    auto = parse_spec(tiny_spec(repeats=4))
+    assert auto.fuse == "auto" and block_plan(auto, cpus) == (False, 1)  # CPU: one pair
+    gpu = parse_spec(tiny_spec(repeats=4, resources={"gpu": 0.5}))
+    assert block_plan(gpu, {"CPU": 8.0, "GPU": 1.0}) == (True, 4)  # auto fuses on a GPU
+    manual = parse_spec(tiny_spec(repeats=4, execution={"runs_per_trial": 4}))
+    assert block_plan(manual, cpus) == (False, 2)  # 4 runs = 2 seeds x 2 levels
+    msg = error_of(tmp_path, tiny_spec(train={"fuse": "always"}))
+    assert "`train.fuse`" in msg and "'auto'" in msg
+    msg = error_of(tmp_path, tiny_spec(train={"fuse": "on", "precision": "fp16"}))
+    assert "`train.fuse`" in msg and "fp16" in msg
+    msg = error_of(tmp_path, tiny_spec(execution={"runs_per_trial": 0}))
+    assert "`execution.runs_per_trial`" in msg

@@ -1,0 +1,164 @@
+"""A block: several runs of one configuration trained in one Ray Tune trial, in lockstep.
+
+Every epoch, each unfinished run (or fused group of runs, see ``study.fused``) trains one
+epoch; then the block reports every run's latest metrics at once. So the runs of a pair stay
+together (same node, stopped together by ASHA on the block's mean), Tune's per-trial cost
+is paid once per block, and fused groups are possible.
+
+A run that raises is retried inside the block from its last checkpoint (`retries` times),
+then recorded as failed; the other runs go on. A worker that dies takes the block with it:
+Tune retries the block and each run continues from its own checkpoint; runs that had ended
+keep their final record and do not train again.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from study.data import TensorData
+
+__all__ = ["BlockRun", "train_block"]
+
+
+class BlockRun:
+    """What the block knows of one run: its latest record, or the error that ended it."""
+
+    def __init__(self, run: Mapping[str, Any]) -> None:
+        self.run = run
+        self.key: str = run["run_key"]
+        self.history: list[dict[str, float]] = []
+        self.status = "running"
+        self.params: int | None = None
+        self.macs: int | None = None
+        self.error = ""
+        self.attempts = 0
+        self.fused = 1  # models in its training unit
+
+    def record(self) -> dict[str, Any]:
+        rec: dict[str, Any] = {"status": self.status, "epoch": len(self.history),
+                               "model_params": self.params, "macs": self.macs,
+                               "fused": self.fused}
+        if self.history:
+            rec.update(self.history[-1])
+        if self.error:
+            rec["error"] = self.error
+            rec["attempts"] = self.attempts
+        return rec
+
+
+Report = Callable[[int, dict[str, dict[str, Any]]], None]
+Store = Any  # study.checkpoints.CheckpointStore or None
+
+
+class _Unit:
+    """A group of runs that trains together: one run, or a fused group."""
+
+    def __init__(self, group: Sequence[Mapping[str, Any]]) -> None:
+        self.group = list(group)
+        self.keys = [r["run_key"] for r in group]
+        self.key = self.keys[0] if len(group) == 1 else f"{self.keys[0]}+{len(group)}"
+        self.trainer: Any = None
+        self.restored = False
+        self.attempts = 0
+        self.dead = False  # failed for good
+
+
+def train_block(runs: Sequence[Mapping[str, Any]], data: TensorData, *, device: Any,
+                fuse: bool, report: Report, store: Store = None, checkpoint_every: int = 0,
+                retries: int = 0,
+                before_epoch: Callable[[Sequence[str], int, bool], None] | None = None,
+                ) -> dict[str, BlockRun]:
+    """Train `runs` in lockstep; `report(epoch, {run_key: record})` after every epoch.
+
+    `before_epoch(run_keys, epoch, restored)` runs before a unit trains an epoch (fault
+    injection hooks in here). Returns every run's final record.
+    """
+    from study.fused import FusedTrainer, fuse_groups
+    from study.train import Trainer
+
+    state = {r["run_key"]: BlockRun(r) for r in runs}
+    units = [_Unit(g) for g in fuse_groups(runs, fuse)]
+
+    def start(u: _Unit) -> None:
+        saved = store.load(u.key, map_location=device) if store else None
+        u.restored = saved is not None
+        u.trainer = (FusedTrainer(u.group, data, device=device, start_state=saved)
+                     if len(u.group) > 1 else
+                     Trainer(u.group[0], data, device=device, start_state=saved))
+        sync(u)
+
+    def sync(u: _Unit) -> None:
+        for r, o in zip(u.group, u.trainer.outcomes, strict=True):
+            b = state[r["run_key"]]
+            b.history, b.params, b.macs = o.history, o.params, o.macs
+            b.fused = len(u.group)
+            b.status = "diverged" if o.status == "diverged" else (
+                "completed" if o.epochs >= int(r["epochs"]) else "running")
+
+    def train_to(u: _Unit, epoch: int) -> bool:
+        """Bring the unit to `epoch`; False if nothing was left to train."""
+        if u.trainer is None:
+            start(u)
+        if u.trainer.done or u.trainer.epochs >= epoch:
+            return False
+        while not u.trainer.done and u.trainer.epochs < epoch:
+            if before_epoch is not None:
+                before_epoch(u.keys, u.trainer.epochs + 1, u.restored)
+            u.trainer.epoch()
+        sync(u)
+        return True
+
+    last = max(int(r["epochs"]) for r in runs)
+    reported = False
+    for epoch in range(1, last + 1):
+        trained: list[_Unit] = []
+        i = 0
+        while i < len(units):
+            u = units[i]
+            if u.dead:
+                i += 1
+                continue
+            try:
+                if train_to(u, epoch):
+                    trained.append(u)
+            except Exception:
+                error = traceback.format_exc()
+                u.trainer = None
+                if len(u.group) > 1:  # isolate the fault: its runs go on alone, afresh
+                    units[i: i + 1] = [_Unit([r]) for r in u.group]
+                    continue
+                u.attempts += 1
+                if u.attempts <= retries:
+                    continue  # again, from its last checkpoint
+                u.dead = True
+                b = state[u.keys[0]]
+                b.status, b.error, b.attempts = "failed", error, u.attempts
+            i += 1
+        if trained:
+            report(epoch, {k: b.record() for k, b in state.items()})
+            reported = True
+        # after the report: a worker death in between repeats an epoch (logged once),
+        # never skips one
+        for u in trained if store is not None else ():
+            if u.trainer.done or (checkpoint_every and u.trainer.epochs % checkpoint_every == 0):
+                store.save(u.key, u.trainer.state())  # ended runs keep their final record
+        if all(b.status != "running" for b in state.values()):
+            break
+    if not reported:  # a retried block whose runs had all ended: their final records
+        report(max(len(b.history) for b in state.values()),
+               {k: b.record() for k, b in state.items()})
+    if store is not None:
+        for u in units:
+            store.delete(u.key)
+    return state
+
+
+def block_value(records: Mapping[str, Mapping[str, Any]], metric: str) -> float:
+    """The block's metric for schedulers: the mean over its runs' latest finite values."""
+    vals = [r[metric] for r in records.values()
+            if r.get("status") in ("running", "completed", "diverged")
+            and isinstance(r.get(metric), float) and math.isfinite(r[metric])]
+    return math.fsum(vals) / len(vals) if vals else math.nan
