@@ -9,7 +9,9 @@ study runs (it imports Ray Tune).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -43,6 +45,7 @@ class StudyCallback(tune.Callback):
         self._last_print = 0.0
         self._last_line = ""
         self._progress_seconds = progress_seconds
+        self._warmed = False
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the Tuner (for restore): the writer (a thread)
@@ -108,6 +111,10 @@ class StudyCallback(tune.Callback):
             self._finish(rec, "FINISHED")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if not self._warmed:  # Tune is in its steady state by now: nothing else imports
+            self._warmed = True
+            threading.Thread(target=_import_report_modules, daemon=True,
+                             name="study-report-imports").start()
         for key in self.by_trial.get(trial.trial_id, ()):
             rec = self.records[key]
             if rec.status != "running":
@@ -202,6 +209,18 @@ class StudyCallback(tune.Callback):
             return
         self._last_line = line
         self.echo(f"{line} | {now - self.started:.0f} s")
+
+
+def _import_report_modules() -> None:
+    """Import what the report needs (matplotlib; scikit-learn for Optuna's fANOVA: about
+    2 s) while runs train, so the report follows the last run at once. Any failure is
+    left to the report itself."""
+    with contextlib.suppress(Exception):
+        import optuna.importance  # noqa: F401
+
+        from study.report import _pyplot
+
+        _pyplot()
 
 
 def _best_so_far(records: Any, spec: StudySpec) -> str:

@@ -15,7 +15,6 @@ import os
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -121,34 +120,6 @@ def _device(want_gpu: bool) -> str:
 # --------------------------------------------------------------------------------------
 
 
-_PREWARM = """
-import sys
-tracking, optuna_url = sys.argv[1:3]
-if tracking:
-    from mlflow.tracking import MlflowClient
-    MlflowClient(tracking).search_experiments(max_results=1)
-if optuna_url:
-    import optuna
-    optuna.storages.RDBStorage(optuna_url)
-"""
-
-
-def _prewarm_stores(spec: StudySpec) -> subprocess.Popen | None:
-    """Create new SQLite stores in a child process while Ray starts in this one.
-
-    A new MLflow SQLite store runs its schema migrations (about 2.5 s here); done beside
-    Ray's start-up, it costs no wall time. Best effort: the stores are opened, and their
-    errors reported, by this process afterwards."""
-    new = []
-    for url in (spec.tracking_uri, spec.optuna_storage):
-        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
-        new.append(url if path and not Path(path).exists() else "")
-    if not any(new):
-        return None
-    return subprocess.Popen([sys.executable, "-c", _PREWARM, *new],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 # What ray.init imports on first use: imported before the helper thread starts, so that
 # two threads never import the same modules at once.
 _RAY_INIT_IMPORTS = ("ray._private.node", "ray._private.services", "ray.dashboard.optional_deps",
@@ -185,19 +156,11 @@ class _Background:
         return self.value
 
 
-def _open_stores(spec: StudySpec, prewarm: subprocess.Popen | None) -> Any:
-    """Check the tracking store and open Optuna's storage (after the child process that
-    creates new SQLite stores is done)."""
-    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401, I001 - import before waiting
-    import optuna  # noqa: F401
-
+def _open_stores(spec: StudySpec) -> Any:
+    """Check the tracking store (a new SQLite store runs seconds of schema migrations) and
+    open Optuna's storage."""
     from study.tracking import check_tracking_uri
 
-    if prewarm is not None:
-        try:
-            prewarm.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            prewarm.kill()
     check_tracking_uri(spec.tracking_uri)
     return _open_optuna_storage(spec)
 
@@ -419,7 +382,6 @@ def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
         os.chdir(_results_dir(spec) if "://" not in spec.results_dir else Path.home())
     if "://" in spec.tracking_uri and not spec.tracking_uri.startswith("sqlite:"):
         check_tracking_uri(spec.tracking_uri)  # a server: a quick health check, first
-    prewarm = _prewarm_stores(spec)
     # Per-trial JSON/CSV/TensorBoard files duplicate what MLflow holds: off. Tune's result
     # grid then warns that it has no metrics to load; we build results from the callback.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -428,7 +390,7 @@ def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
     # Ray starts here (seconds, mostly waiting for its processes; in the main thread, since
     # its processes die with the thread that started them) while a helper thread imports
     # MLflow and Optuna and opens the stores.
-    stores = _Background(_open_stores, spec, prewarm)
+    stores = _Background(_open_stores, spec)
     _init_ray()
     storage = stores.result()
     import ray.tune  # noqa: F401
