@@ -81,6 +81,7 @@ def train_block(runs: Sequence[Mapping[str, Any]], data: TensorData, *, device: 
 
     state = {r["run_key"]: BlockRun(r) for r in runs}
     units = [_Unit(g) for g in fuse_groups(runs, fuse)]
+    checkpoint_keys = {u.key for u in units}  # every key a checkpoint may have been saved as
 
     def start(u: _Unit) -> None:
         saved = store.load(u.key, map_location=device) if store else None
@@ -129,6 +130,9 @@ def train_block(runs: Sequence[Mapping[str, Any]], data: TensorData, *, device: 
                 u.trainer = None
                 if len(u.group) > 1:  # isolate the fault: its runs go on alone, afresh
                     units[i: i + 1] = [_Unit([r]) for r in u.group]
+                    checkpoint_keys.update(r["run_key"] for r in u.group)
+                    if store is not None:
+                        store.delete(u.key)
                     continue
                 u.attempts += 1
                 if u.attempts <= retries:
@@ -151,8 +155,8 @@ def train_block(runs: Sequence[Mapping[str, Any]], data: TensorData, *, device: 
         report(max(len(b.history) for b in state.values()),
                {k: b.record() for k, b in state.items()})
     if store is not None:
-        for u in units:
-            store.delete(u.key)
+        for key in checkpoint_keys:
+            store.delete(key)
     return state
 
 

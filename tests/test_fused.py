@@ -115,23 +115,27 @@ def test_block_trains_in_lockstep_and_fused_equals_unfused(tmp_path):
         assert_close(finals[True][key].history, finals[False][key].history)
 
 
-def test_a_failing_run_in_a_fused_block_fails_alone():
+def test_a_failing_run_in_a_fused_block_fails_alone(tmp_path):
     data = load_tensors(DATA)
     runs = runs_of({})
     attempts = []
 
     def inject(keys, epoch, restored):
-        if "s1-bias=False" in keys:
+        if "s1-bias=False" in keys and epoch == 2:
             attempts.append((len(keys), epoch))
             raise RuntimeError("injected")
 
     final = train_block(runs, data, device="cpu", fuse=True, report=lambda e, r: None,
-                        retries=1, before_epoch=inject)
+                        retries=1, before_epoch=inject, store=CheckpointStore(str(tmp_path)),
+                        checkpoint_every=1)
+    assert not list(tmp_path.iterdir())  # no checkpoint left behind, the fused one neither
     assert final["s1-bias=False"].status == "failed"
     assert "injected" in final["s1-bias=False"].error
     assert final["s1-bias=False"].record()["attempts"] == 2  # first try and one retry
-    # the fused group of 4 raised once, then its runs went on alone; the rest completed
-    assert attempts[0] == (4, 1) and all(n == 1 for n, _ in attempts[1:])
+    # the fused group of 4 raised once (after its epoch-1 checkpoint), then its runs went
+    # on alone, afresh; the failing one was retried from its own checkpoint, then failed
+    assert attempts == [(4, 2), (1, 2), (1, 2)]
+    assert len(final["s1-bias=False"].history) == 1
     others = [b for k, b in final.items() if k != "s1-bias=False"]
     assert all(b.status == "completed" and len(b.history) == 3 for b in others)
     reference = train_run(runs[0], data)
