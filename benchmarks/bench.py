@@ -31,10 +31,12 @@ PY = sys.executable
 STUDY = str(Path(PY).parent / "study")
 
 
-def measure(cmds: list[list[str]], cwd: Path) -> tuple[float, float]:
+def measure(cmds: list[list[str]], cwd: Path, extra_env: dict[str, str] | None = None,
+            ) -> tuple[float, float]:
     """Run commands in parallel; (wall seconds, peak RSS MiB of all their process trees)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",
                                                              "MLFLOW_TRACKING_URI")}
+    env.update(extra_env or {})
     t0 = time.perf_counter()
     procs = [subprocess.Popen(c, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                               stderr=open(cwd / f"err{i}.log", "w"))  # noqa: SIM115
@@ -74,11 +76,12 @@ def run_tune(slots: int, cwd: Path) -> tuple[float, float, list[float]]:
     return wall, peak, [r["train_seconds"] for r in json.loads(out.read_text())]
 
 
-def run_study(slots: int, cwd: Path) -> tuple[float, float, list[float]]:
+def run_study(slots: int, cwd: Path, extra_env: dict[str, str] | None = None,
+              ) -> tuple[float, float, list[float]]:
     from mlflow.tracking import MlflowClient
 
     wall, peak = measure([[STUDY, "run", str(HERE / "bench_spec.yaml"), "--quiet", "--set",
-                           f"execution.concurrency={slots}"]], cwd)
+                           f"execution.concurrency={slots}"]], cwd, extra_env)
     client = MlflowClient(f"sqlite:///{cwd}/mlflow.db")
     exp = client.get_experiment_by_name("bench")
     kids = [r for r in client.search_runs([exp.experiment_id], max_results=1000)
@@ -93,8 +96,60 @@ def run_study(slots: int, cwd: Path) -> tuple[float, float, list[float]]:
     return wall, peak, [k.data.metrics["train_seconds"] for k in kids]
 
 
+def run_study_ray_up(slots: int, cwd: Path) -> tuple[float, float, list[float]]:
+    """`study run` joining a Ray instance that is already running (`ray start --head`, as on
+    a cluster or a workstation that keeps Ray up, with the worker preload the README
+    recommends): Ray's own start and stop are not timed.
+    The instance is this benchmark's own (its own port, temp dir and token) and is stopped
+    afterwards; its memory is not counted."""
+    import secrets
+    import signal
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    full = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **env}
+    head = subprocess.Popen(
+        [str(Path(PY).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+         f"--num-cpus={os.cpu_count()}", "--include-dashboard=false",
+         '--system-config={"preload_python_modules": ["torch", "ray.tune", "study.block"]}',
+         f"--temp-dir=/tmp/ray-bench-{secrets.token_hex(3)}"],
+        env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        up = [PY, "-c", "import ray; ray.init(logging_level='ERROR'); ray.shutdown()"]
+        for _ in range(60):
+            if subprocess.run(up, env=full, capture_output=True).returncode == 0:
+                break
+            time.sleep(1)
+        else:
+            raise RuntimeError("the benchmark's Ray instance did not come up")
+        return run_study(slots, cwd, env)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
 APPROACHES = {"loop": run_loop, "tune+optuna+mlflow (hand-written)": run_tune,
-              "study run": run_study}
+              "study run": run_study, "study run, Ray already up": run_study_ray_up}
+
+
+ORDER = {name: i for i, name in enumerate(APPROACHES)}
+
+
+def _number(text: str) -> float | int | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def fmt(xs: list[float], digits: int = 2) -> str:
@@ -105,15 +160,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--slots", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--only", nargs="+", choices=["loop", "tune", "study"],
-                    default=["loop", "tune", "study"])
+    ap.add_argument("--only", nargs="+", choices=["loop", "tune", "study", "study-up"],
+                    default=["loop", "tune", "study", "study-up"])
     ap.add_argument("--verdicts", action="store_true", help="also time the bundled studies")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the rows of approaches not run now from OUT/bench.csv")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    keys = {"loop": "loop", "tune": "tune+optuna+mlflow (hand-written)", "study": "study run"}
+    rows: list[dict] = []
+    keys = {"loop": "loop", "tune": "tune+optuna+mlflow (hand-written)", "study": "study run",
+            "study-up": "study run, Ray already up"}
     for slots in a.slots:
         for short in a.only:
             name = keys[short]
@@ -135,6 +193,13 @@ def main() -> None:
                 rows.append({"approach": f"time to verdict: {spec.stem}", "slots": 2,
                              "rep": rep, "wall_s": wall, "peak_rss_mib": peak})
                 print(json.dumps(rows[-1]), flush=True)
+    if a.keep and (out / "bench.csv").exists():
+        ran = {(r["approach"], r["slots"]) for r in rows}
+        with open(out / "bench.csv", newline="") as fh:
+            old = [{k: _number(v) for k, v in r.items() if v != ""}
+                   for r in csv.DictReader(fh)]
+        rows = [r for r in old if (r["approach"], r["slots"]) not in ran] + rows
+        rows.sort(key=lambda r: (r["slots"], ORDER.get(r["approach"], 9)))
     with open(out / "bench.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=sorted({k for r in rows for k in r}))
         w.writeheader()

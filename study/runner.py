@@ -165,6 +165,26 @@ def _open_stores(spec: StudySpec) -> Any:
     return _open_optuna_storage(spec)
 
 
+# Modules each worker of a local Ray instance imports as it starts: Ray starts one worker
+# per CPU while the driver prepares, so the first trials find torch, Tune and the training
+# code loaded (about 2.5 s less before the first epoch; see _plain_worker_actors).
+WORKER_PRELOAD = ["torch", "ray.tune", "study.block", "study.fused", "study.data"]
+
+
+def _plain_worker_actors() -> None:
+    """Let Tune's trainable actors start in Ray's pre-started workers.
+
+    Tune gives its actors a runtime environment of its own (env var PL_DISABLE_FORK, for
+    PyTorch Lightning), and Ray never hands an actor with another runtime environment a
+    pre-started worker: each trial actor then starts a new process that imports Tune and
+    torch (measured: first trial 2.7 s after fit() instead of 0.2 s). Nothing here uses
+    Lightning. If Tune moves this constant, trials start as before, only slower."""
+    with contextlib.suppress(Exception):
+        from ray.tune.execution import class_cache
+
+        class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
+
+
 def _init_ray() -> None:
     import ray
 
@@ -175,7 +195,8 @@ def _init_ray() -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(include_dashboard=False, **kwargs)
+        ray.init(include_dashboard=False,
+                 _system_config={"preload_python_modules": WORKER_PRELOAD}, **kwargs)
 
 
 def _check_cluster(spec: StudySpec) -> dict[str, float]:
@@ -394,6 +415,8 @@ def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
     _init_ray()
     storage = stores.result()
     import ray.tune  # noqa: F401
+
+    _plain_worker_actors()
     cluster = _check_cluster(spec)
     _check_shared_results(spec)
     return storage, cluster
