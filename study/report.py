@@ -506,6 +506,7 @@ def runs_from_mlflow(tracking_uri: str, name: str, execution: str | None = None,
             "epochs": int(t.get("study.epochs", 0)),
             **{f"param.{k}": v for k, v in params.items()},
             **c.data.metrics, "mlflow_run_id": c.info.run_id,
+            "mlflow_status": c.info.status,
         })
     rows.sort(key=lambda r: (r["config"], r["seed"], repr(r["level"])))
     return spec, rows, parent

@@ -324,6 +324,10 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
     for r in stale:  # left RUNNING (driver killed) or KILLED (stopped): run again, afresh
         client.set_tag(r["mlflow_run_id"], "study.superseded_by_resume", "true")
         client.delete_run(r["mlflow_run_id"])
+    for r in done.values():  # the driver died between a run's final tags and its end
+        if r.get("mlflow_status") == "RUNNING":
+            client.set_terminated(r["mlflow_run_id"],
+                                  "FAILED" if r["status"] == "failed" else "FINISHED")
     # Unfinished runs restart from epoch 1 in their new MLflow child; also those whose child
     # the dead driver never got to write, so no checkpoint may survive.
     CheckpointStore(_checkpoint_dir(spec, execution)).clear()
@@ -526,8 +530,12 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
     except KeyboardInterrupt:
         status = "interrupted"
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
+        main = threading.current_thread() is threading.main_thread()
+        late: list[int] = []
+        if main:
+            # Once the runs are over, a SIGTERM waits until the report is written and the
+            # parent run is closed (about a second), so the stores are never left half-done.
+            signal.signal(signal.SIGTERM, lambda signum, _: late.append(signum))
         writer.flush()
         result = _result(spec, execution, status, callback, searcher, writer,
                          time.monotonic() - t0)
@@ -547,6 +555,11 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
         mlflow_status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
         if not writer.close(mlflow_status, tags=tags) and echo:
             echo("WARNING: some MLflow writes could not be sent (see the log above)")
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+        if late and echo:
+            echo(f"SIGTERM arrived after the last run: the study was {status}; its report "
+                 "and the stores were written first")
     return result
 
 

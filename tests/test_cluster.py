@@ -118,6 +118,10 @@ def store_env(root: Path) -> dict[str, str]:
 
 
 def children(root: Path, name: str):
+    if not (root / "optuna.db").exists():
+        # the driver is still creating the new MLflow store (schema migrations, which two
+        # processes must not run at once on one file); it opens Optuna's store after
+        return None, []
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     exp = client.get_experiment_by_name(name)
     runs = client.search_runs([exp.experiment_id], max_results=500) if exp else []
