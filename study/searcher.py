@@ -161,12 +161,22 @@ class BlockSearcher(Searcher):
 
         study = self.inner._ot_study
         trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+        space = define_by_run(self.spec)
         for t in trials:
             k = t.number
-            runs = expand_runs(self.spec, k, t.params)
+            params = t.params
+            if not t.state.is_finished():
+                # A driver killed between creating the trial and storing all its values
+                # leaves it short: the space, asked again with the sampler of config k and
+                # the same history, gives the same values (stored ones are kept).
+                study.sampler = make_sampler(self.spec, k)
+                live = optuna.trial.Trial(study, t._trial_id)
+                space(live)
+                params = live.params
+            runs = expand_runs(self.spec, k, params)
             for r in runs:
                 r["optuna_trial"] = k
-            cfg = ConfigState(k, dict(t.params), k, runs)
+            cfg = ConfigState(k, dict(params), k, runs)
             cfg.values = {r["run_key"]: done[r["run_key"]] for r in runs
                           if r["run_key"] in done}
             cfg.pruned = {r["run_key"] for r in runs if r["run_key"] in (pruned or set())}

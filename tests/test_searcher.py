@@ -191,3 +191,25 @@ def test_restore_progress_continues_exactly(tmp_path):
     assert len(trials) == s.trials and all(t.state.name == "COMPLETE" for t in trials)
     assert [t.params for t in trials] == [t.params for t in straight_study.get_trials()]
     assert [t.value for t in trials] == [t.value for t in straight_study.get_trials()]
+
+
+def test_a_trial_created_but_not_filled_is_completed_on_resume(tmp_path):
+    """The driver died between Optuna creating config k's trial and storing its values:
+    resume fills them in with config k's sampler, so they are the uninterrupted ones."""
+    s = spec()
+    url = f"sqlite:///{tmp_path}/o.db"
+    straight, _ = drive(s, 0, 3, url)
+    first = BlockSearcher(s, storage=optuna.storages.RDBStorage(url), study_name="short")
+    n = 0  # configs 0 and 1 run and are told, config 2 is asked (pending 2)
+    while not (len(first.configs) >= 3 and first.configs[1].told):
+        block = first.suggest(f"t{n}")["block"]
+        if block[0]["config"] < 2:
+            first.on_trial_complete(f"t{n}", block_result(s, block))
+        n += 1
+    first.inner._ot_study.ask()  # config 3's trial: created, no values (then the kill)
+    done = {r["run_key"]: fake_metric(r) for c in first.configs for r in c.runs
+            if r["run_key"] in c.values}
+    second = BlockSearcher(s, storage=optuna.storages.RDBStorage(url), study_name="short")
+    second.restore_progress(done)
+    assert len(second.configs) == 4
+    assert [c.params for c in second.configs] == [c.params for c in straight.configs[:4]]
