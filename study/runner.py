@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import importlib
 import logging
 import math
 import os
@@ -20,13 +21,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from study.analysis import usable_value
 from study.checkpoints import CheckpointStore
 from study.results import ENDED, METRIC_KEYS, ConfigRecord, RunRecord, StudyResult
 from study.results import last_line as _last_line
 from study.spec import SpecError, StudySpec, load_spec
+
+if TYPE_CHECKING:  # imports Ray Tune: at run time only inside run()/resume()
+    from study.callback import StudyCallback
 
 logger = logging.getLogger(__name__)
 
@@ -132,11 +136,6 @@ class _Background:
     """fn(*args) in a helper thread; `result` waits and returns it or re-raises its error."""
 
     def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        import importlib
-
-        for name in _RAY_INIT_IMPORTS:
-            with contextlib.suppress(ImportError):
-                importlib.import_module(name)
         self.value: Any = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True,
@@ -156,12 +155,13 @@ class _Background:
         return self.value
 
 
-def _open_stores(spec: StudySpec) -> Any:
-    """Check the tracking store (a new SQLite store runs seconds of schema migrations) and
-    open Optuna's storage."""
+def _open_stores(spec: StudySpec, check_tracking: bool) -> Any:
+    """Check the tracking store unless done already (a new SQLite store runs seconds of
+    schema migrations) and open Optuna's storage."""
     from study.tracking import check_tracking_uri
 
-    check_tracking_uri(spec.tracking_uri)
+    if check_tracking:
+        check_tracking_uri(spec.tracking_uri)
     return _open_optuna_storage(spec)
 
 
@@ -384,7 +384,6 @@ def _describe_plan(spec: StudySpec, fuse: bool, seeds_per_block: int) -> str:
     return f"up to {runs} run(s) per Tune trial, trained {how}"
 
 
-
 def _record_from_row(r: Mapping[str, Any]) -> RunRecord:
     params = {k[len("param."):]: v for k, v in r.items() if k.startswith("param.")}
     metrics = {k: float(r[k]) for k in METRIC_KEYS if isinstance(r.get(k), (int, float))}
@@ -405,8 +404,9 @@ def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
         # runs (ray-project/ray#52343); every store path is absolute (checked above),
         # so leave it before anything (MLflow) asks for the working directory.
         os.chdir(_results_dir(spec) if "://" not in spec.results_dir else Path.home())
-    if "://" in spec.tracking_uri and not spec.tracking_uri.startswith("sqlite:"):
-        check_tracking_uri(spec.tracking_uri)  # a server: a quick health check, first
+    server = "://" in spec.tracking_uri and not spec.tracking_uri.startswith("sqlite:")
+    if server:  # a quick health check, before Ray starts
+        check_tracking_uri(spec.tracking_uri)
     # Per-trial JSON/CSV/TensorBoard files duplicate what MLflow holds: off. Tune's result
     # grid then warns that it has no metrics to load; we build results from the callback.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -415,7 +415,10 @@ def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
     # Ray starts here (seconds, mostly waiting for its processes; in the main thread, since
     # its processes die with the thread that started them) while a helper thread imports
     # MLflow and Optuna and opens the stores.
-    stores = _Background(_open_stores, spec)
+    for name in _RAY_INIT_IMPORTS:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    stores = _Background(_open_stores, spec, not server)
     _init_ray()
     storage = stores.result()
     import ray.tune  # noqa: F401
@@ -479,7 +482,7 @@ def _check_shared_results(spec: StudySpec) -> None:
 
 
 def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, writer: Any,
-             callback: Any, storage: Any, num_samples: int, echo: Echo | None,
+             callback: StudyCallback, storage: Any, num_samples: int, echo: Echo | None,
              t0: float, fuse: bool) -> StudyResult:
     from ray import tune
 
@@ -587,7 +590,7 @@ def _report(spec: StudySpec, result: StudyResult, storage: Any, writer: Any, fol
                  f"run is stored: rebuild it with `study report {result.execution}`")
 
 
-def _result(spec: StudySpec, execution: str, status: str, cb: Any,
+def _result(spec: StudySpec, execution: str, status: str, cb: StudyCallback,
             searcher: Any, writer: Any, wall: float) -> StudyResult:
     configs = []
     for c in searcher.configs:

@@ -82,7 +82,7 @@ class BlockSearcher(Searcher):
         self.configs: list[ConfigState] = []
         self.queue: list[list[dict[str, Any]]] = []  # blocks not yet handed out
         self.trial_runs: dict[str, tuple[int, list[str]]] = {}  # trial id -> (config, runs)
-        self.last: dict[str, dict[str, Any]] = {}  # trial id -> its runs' latest records
+        self.last: dict[str, dict] = {}  # running trial id -> its latest result
         self.next_to_tell = 0
 
     # -- Tune API --
@@ -125,9 +125,8 @@ class BlockSearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Optuna is told one value per configuration, at its end (NopPruner in OptunaSearch).
-        records = _records(result)
-        if records:
-            self.last[trial_id] = records
+        # Kept for a trial that errors: Tune then completes it without a result.
+        self.last[trial_id] = result
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -135,7 +134,8 @@ class BlockSearcher(Searcher):
             return
         k, keys = self.trial_runs[trial_id]
         cfg = self.configs[k]
-        records = _records(result) or self.last.get(trial_id, {})
+        last = self.last.pop(trial_id, None)
+        records = _records(result or last)
         for key in keys:
             rec = records.get(key, {})
             status = rec.get("status")

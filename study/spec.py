@@ -473,9 +473,8 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     train_knobs = [k.name for k in KNOBS.values() if k.section == "train"]
     train_map = c.mapping("train", top.get("train"), [*train_knobs, "fuse"])
     fuse_raw = train_map.pop("fuse", "auto")
-    # YAML reads a bare on/off as true/false
-    fuse_raw = {True: "on", False: "off"}.get(fuse_raw, fuse_raw) \
-        if isinstance(fuse_raw, bool) else fuse_raw
+    if isinstance(fuse_raw, bool):  # YAML reads a bare on/off as true/false
+        fuse_raw = "on" if fuse_raw else "off"
     fuse = c.string("train.fuse", fuse_raw, FUSE_MODES)
 
     fixed: dict[str, Any] = {k.name: k.default for k in KNOBS.values()}
