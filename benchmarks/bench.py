@@ -115,7 +115,7 @@ def run_study_ray_up(slots: int, cwd: Path) -> tuple[float, float, list[float]]:
     head = subprocess.Popen(
         [str(Path(PY).parent / "ray"), "start", "--head", "--block", f"--port={port}",
          f"--num-cpus={os.cpu_count()}", "--include-dashboard=false",
-         '--system-config={"preload_python_modules": ["torch", "ray.tune", "study.block"]}',
+         '--system-config={"preload_python_modules": ["study.preload"]}',
          f"--temp-dir=/tmp/ray-bench-{secrets.token_hex(3)}"],
         env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import sys
+import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from study.spec import SpecError, load_spec
 
@@ -155,5 +158,24 @@ def summary(result: Any) -> str:
     return "\n".join(lines)
 
 
+def entry() -> NoReturn:
+    """The `study` command: `main`, then a quick exit.
+
+    When `main` returns, every result is written and the stores are closed. The exit
+    handlers then run as usual (Ray's shutdown among them), and the process leaves without
+    Python's interpreter teardown: with torch, Ray, MLflow and SQLAlchemy loaded, that
+    teardown took about 1.2 s here and does nothing anyone sees."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    main_thread = threading.main_thread()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not main_thread):
+        sys.exit(code)  # a thread is still working: the usual exit waits for it
+    atexit._run_exitfuncs()  # noqa: SLF001 - what the interpreter's own exit runs first
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

@@ -169,19 +169,35 @@ def test_gpu_requested_where_ray_has_none_fails_before_any_run(ray_local, workdi
     assert client.get_experiment_by_name("gpu") is None  # nothing was started
 
 
-def test_cli_run_prints_summary(workdir):
+def _session_processes(sid: int) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "sid=,pid=,args="], capture_output=True,
+                         text=True).stdout
+    return [ln.strip() for ln in out.splitlines() if int(ln.split()[0]) == sid]
+
+
+def test_cli_run_prints_summary_and_leaves_no_process_behind(workdir):
+    import time
+
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    r = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "study.cli", "run", str(SPECS / "conv_bias_bn.yaml"),
          "--set", "search.trials=1", "--set", "repeats=1", "--set", "train.epochs=1",
          "--set", "dataset.limit=200"],
-        capture_output=True, text=True, cwd=workdir, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "runs done" in r.stderr  # live progress
-    assert "study conv_bias_bn: finished" in r.stdout and "2 completed" in r.stdout
-    assert f"mlflow ui --backend-store-uri sqlite:///{workdir}/mlflow.db" in r.stdout
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=workdir, env=env,
+        start_new_session=True)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "runs done" in err  # live progress
+    assert "study conv_bias_bn: finished" in out and "2 completed" in out
+    assert f"mlflow ui --backend-store-uri sqlite:///{workdir}/mlflow.db" in out
     _, parents, children = mlflow_runs("conv_bias_bn")
     assert len(parents) == 1 and len(children) == 2
+    # the quick exit (study.cli.entry) stopped the Ray instance the study started: none of
+    # its processes (raylet, GCS, monitor, agents, workers) outlives the command
+    t0 = time.monotonic()
+    while _session_processes(proc.pid) and time.monotonic() - t0 < 10:
+        time.sleep(0.2)
+    assert _session_processes(proc.pid) == []
 
 
 def test_worker_death_is_retried_from_the_last_checkpoint(ray_local, workdir):
