@@ -169,9 +169,11 @@ def entry() -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     main_thread = threading.main_thread()
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not main_thread):
-        sys.exit(code)  # a thread is still working: the usual exit waits for it
-    atexit._run_exitfuncs()  # noqa: SLF001 - what the interpreter's own exit runs first
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)  # what Python's exit runs first
+    if run_exit_handlers is None or any(t.is_alive() and not t.daemon
+                                        for t in threading.enumerate() if t is not main_thread):
+        sys.exit(code)  # the usual exit (it also waits for a thread that is still working)
+    run_exit_handlers()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
