@@ -97,14 +97,16 @@ def run_study(slots: int, cwd: Path, extra_env: dict[str, str] | None = None,
 
 
 def run_study_ray_up(slots: int, cwd: Path) -> tuple[float, float, list[float]]:
-    """`study run` joining a Ray instance that is already running (`ray start --head`, as on
-    a cluster or a workstation that keeps Ray up, with the worker preload the README
-    recommends): Ray's own start and stop are not timed.
+    """`study run` joining a Ray instance that is already running (`ray start --head` with
+    the worker preload, as the README shows for a workstation that keeps Ray up): Ray's own
+    start and stop are not timed.
     The instance is this benchmark's own (its own port, temp dir and token) and is stopped
     afterwards; its memory is not counted."""
     import secrets
     import signal
     import socket
+
+    from study.runner import WORKER_PRELOAD
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -115,7 +117,7 @@ def run_study_ray_up(slots: int, cwd: Path) -> tuple[float, float, list[float]]:
     head = subprocess.Popen(
         [str(Path(PY).parent / "ray"), "start", "--head", "--block", f"--port={port}",
          f"--num-cpus={os.cpu_count()}", "--include-dashboard=false",
-         '--system-config={"preload_python_modules": ["study.preload"]}',
+         "--system-config=" + json.dumps({"preload_python_modules": WORKER_PRELOAD}),
          f"--temp-dir=/tmp/ray-bench-{secrets.token_hex(3)}"],
         env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
@@ -138,6 +140,7 @@ def run_study_ray_up(slots: int, cwd: Path) -> tuple[float, float, list[float]]:
 
 APPROACHES = {"loop": run_loop, "tune+optuna+mlflow (hand-written)": run_tune,
               "study run": run_study, "study run, Ray already up": run_study_ray_up}
+KEYS = dict(zip(["loop", "tune", "study", "study-up"], APPROACHES, strict=True))  # --only
 
 
 ORDER = {name: i for i, name in enumerate(APPROACHES)}
@@ -160,8 +163,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--slots", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--only", nargs="+", choices=["loop", "tune", "study", "study-up"],
-                    default=["loop", "tune", "study", "study-up"])
+    ap.add_argument("--only", nargs="+", choices=list(KEYS), default=list(KEYS))
     ap.add_argument("--verdicts", action="store_true", help="also time the bundled studies")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--keep", action="store_true",
@@ -170,11 +172,9 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    keys = {"loop": "loop", "tune": "tune+optuna+mlflow (hand-written)", "study": "study run",
-            "study-up": "study run, Ray already up"}
     for slots in a.slots:
         for short in a.only:
-            name = keys[short]
+            name = KEYS[short]
             for rep in range(a.reps):
                 with tempfile.TemporaryDirectory() as tmp:
                     wall, peak, secs = APPROACHES[name](slots, Path(tmp))

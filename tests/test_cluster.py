@@ -19,7 +19,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import tiny_spec
+from tests.conftest import session_processes, tiny_spec
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -87,13 +87,9 @@ class Cluster:
 
     def kill(self, name: str) -> None:
         """SIGKILL every process of that node's session (never `ray stop`)."""
-        sid = os.getsid(self.procs[name].pid)
-        out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            pid, s = map(int, line.split())
-            if s == sid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        for pid in session_processes(os.getsid(self.procs[name].pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.procs[name].wait(timeout=30)
 
     def down(self) -> None:

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 import study
 from study.runner import METRIC_KEYS
-from tests.conftest import SPECS, tiny_spec
+from tests.conftest import SPECS, session_processes, tiny_spec
 
 
 def write_spec(path, raw):
@@ -169,12 +169,6 @@ def test_gpu_requested_where_ray_has_none_fails_before_any_run(ray_local, workdi
     assert client.get_experiment_by_name("gpu") is None  # nothing was started
 
 
-def _session_processes(sid: int) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "sid=,pid=,args="], capture_output=True,
-                         text=True).stdout
-    return [ln.strip() for ln in out.splitlines() if int(ln.split()[0]) == sid]
-
-
 def test_cli_run_prints_summary_and_leaves_no_process_behind(workdir):
     import time
 
@@ -195,9 +189,9 @@ def test_cli_run_prints_summary_and_leaves_no_process_behind(workdir):
     # the quick exit (study.cli.entry) stopped the Ray instance the study started: none of
     # its processes (raylet, GCS, monitor, agents, workers) outlives the command
     t0 = time.monotonic()
-    while _session_processes(proc.pid) and time.monotonic() - t0 < 10:
+    while session_processes(proc.pid) and time.monotonic() - t0 < 10:
         time.sleep(0.2)
-    assert _session_processes(proc.pid) == []
+    assert session_processes(proc.pid) == {}
 
 
 def test_worker_death_is_retried_from_the_last_checkpoint(ray_local, workdir):
