@@ -237,7 +237,10 @@ def _check_cluster(spec: StudySpec) -> dict[str, float]:
 def _open_optuna_storage(spec: StudySpec) -> Any:
     import optuna
 
+    from study.stores import seed_optuna_storage
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seed_optuna_storage(spec.optuna_storage)
     try:
         return optuna.storages.RDBStorage(spec.optuna_storage)
     except Exception as e:

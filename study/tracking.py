@@ -21,8 +21,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["MlflowWriter", "TrackingError", "check_tracking_uri"]
 
-MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+MAX_ENTITIES_PER_BATCH = 1000  # MLflow's log_batch limits: in all, and of each kind
+MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
+MAX_TAGS_PER_BATCH = 100
 MAX_PARAM_CHARS = 6000
 
 
@@ -54,6 +56,9 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                 "sqlite:/// path.") from None
     from mlflow.tracking import MlflowClient
 
+    from study.stores import seed_mlflow_store
+
+    seed_mlflow_store(uri)
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:  # mlflow raises many types; all mean "unusable"
@@ -116,6 +121,7 @@ class MlflowWriter:
         self._stop = False
         self._flush_seconds = flush_seconds
         self._failures = 0
+        self._inflight: list[_Op] = []  # the writes of the MLflow call under way
         self._thread = threading.Thread(target=self._loop, name="study-mlflow", daemon=True)
         self._thread.start()
 
@@ -202,11 +208,12 @@ class MlflowWriter:
                 self._drain()
                 self._failures = 0
             except Exception as e:
-                if _permanent(e):  # retrying cannot help: say so, drop that one write
-                    with self._lock:
-                        op = self._ops.popleft() if self._ops else None
+                if _permanent(e):  # retrying cannot help: say so, drop those writes
+                    dropped, self._inflight = list(self._inflight), []
+                    self._done(dropped)
                     logger.error("MLflow rejected a write (%s) for run %r: %s; dropped",
-                                 op.kind if op else "?", op.key if op else "?", e)
+                                 ",".join(sorted({op.kind for op in dropped})) or "?",
+                                 dropped[0].key if dropped else "?", e)
                     continue
                 self._failures += 1
                 if self._failures in (1, 10) or self._failures % 100 == 0:
@@ -215,57 +222,79 @@ class MlflowWriter:
                 time.sleep(min(30.0, 0.5 * 2 ** min(self._failures, 6)))
 
     def _drain(self) -> None:
+        """Send what is queued, run by run: a run's queued params, metrics and tags go in
+        one log_batch (MLflow's limits permitting), its end after them. Each op leaves the
+        queue once MLflow has taken it."""
+        with self._lock:
+            queued = list(self._ops)
+        by_run: dict[str, list[_Op]] = {}
+        for op in queued:
+            by_run.setdefault(op.key, []).append(op)
+        for key, ops in by_run.items():
+            self._send_run(key, ops)
+
+    def _send_run(self, key: str, ops: list[_Op]) -> None:
         from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-        while True:
-            with self._lock:
-                if not self._ops:
-                    return
-                op = self._ops[0]
-                batch: list[_Op] = [op]
-                if op.kind == "metrics":  # coalesce a run of metric ops into one batch
-                    n = len(op.payload["metrics"])
-                    for nxt in list(self._ops)[1:]:
-                        if nxt.kind != "metrics" or n + len(nxt.payload["metrics"]) > \
-                                MAX_METRICS_PER_BATCH:
-                            break
-                        batch.append(nxt)
-                        n += len(nxt.payload["metrics"])
+        batch: dict[str, list[Any]] = {"metrics": [], "params": [], "tags": []}
+        covered: list[_Op] = []
+
+        def run_id() -> str:
+            rid = self.child_ids.get(key) if key else self.parent_run_id
+            if rid is None:
+                raise RuntimeError(f"{ops[0].kind} for unknown run {key!r}")
+            return rid
+
+        def send() -> None:
+            while any(batch.values()):
+                params = batch["params"][:MAX_PARAMS_PER_BATCH]
+                tags = batch["tags"][:MAX_TAGS_PER_BATCH]
+                room = MAX_ENTITIES_PER_BATCH - len(params) - len(tags)
+                chunk = {"metrics": batch["metrics"][:room], "params": params, "tags": tags}
+                self._inflight = covered
+                self.client.log_batch(run_id(), **chunk)
+                for k, sent in chunk.items():
+                    del batch[k][:len(sent)]
+            self._done(covered)
+            covered.clear()
+
+        for op in ops:
+            covered.append(op)
             if op.kind == "create":
-                if op.key not in self.child_ids:
+                if key not in self.child_ids:
+                    self._inflight = covered
                     tags = {"mlflow.parentRunId": self.parent_run_id, **op.payload["tags"]}
                     run = self.client.create_run(
                         self.experiment_id, run_name=op.payload["name"],
                         tags={k: _str(v) for k, v in tags.items()})
-                    self.child_ids[op.key] = run.info.run_id
-                run_id = self.child_ids[op.key]
-                params = [Param(k, _str(v)) for k, v in op.payload["params"].items()]
-                for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
-                    self.client.log_batch(run_id, params=params[i: i + MAX_PARAMS_PER_BATCH])
+                    self.child_ids[key] = run.info.run_id
+                batch["params"] += [Param(k, _str(v)) for k, v in op.payload["params"].items()]
             elif op.kind == "metrics":
-                per_run: dict[str, list[Metric]] = {}
-                for m in batch:
-                    run_id = self.child_ids.get(m.key)
-                    if run_id is None:
-                        raise RuntimeError(f"metrics for unknown run {m.key!r}")
-                    per_run.setdefault(run_id, []).extend(
-                        Metric(k, float(v), m.payload["ts"], m.payload["step"])
-                        for k, v in m.payload["metrics"].items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool))
-                for run_id, metrics in per_run.items():
-                    self.client.log_batch(run_id, metrics=metrics)
-            elif op.kind == "tags":
-                run_id = self.child_ids.get(op.key) if op.key else self.parent_run_id
-                if run_id is None:
-                    raise RuntimeError(f"tags for unknown run {op.key!r}")
-                self.client.log_batch(run_id, tags=[RunTag(k, _str(v))
-                                                    for k, v in op.payload["tags"].items()])
-            elif op.kind == "end":
-                run_id = self.child_ids.get(op.key)
-                if run_id is None:
-                    raise RuntimeError(f"end for unknown run {op.key!r}")
-                self.client.set_terminated(run_id, RunStatus.to_string(
+                batch["metrics"] += [
+                    Metric(k, float(v), op.payload["ts"], op.payload["step"])
+                    for k, v in op.payload["metrics"].items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            elif op.kind == "tags":  # a key set twice in the batch: the later value
+                keys = {t.key: i for i, t in enumerate(batch["tags"])}
+                for k, v in op.payload["tags"].items():
+                    if k in keys:
+                        batch["tags"][keys[k]] = RunTag(k, _str(v))
+                    else:
+                        keys[k] = len(batch["tags"])
+                        batch["tags"].append(RunTag(k, _str(v)))
+            elif op.kind == "end":  # after everything before it has been sent
+                covered.pop()
+                send()
+                covered.append(op)
+                rid = run_id()
+                self._inflight = covered
+                self.client.set_terminated(rid, RunStatus.to_string(
                     RunStatus.from_string(op.payload["status"])))
-            with self._lock:
-                for _ in batch:
-                    self._ops.popleft()
+                self._done(covered)
+                covered.clear()
+        send()
+
+    def _done(self, ops: list[_Op]) -> None:
+        sent = {id(op) for op in ops}
+        with self._lock:
+            self._ops = deque(op for op in self._ops if id(op) not in sent)
