@@ -12,7 +12,7 @@ SPECS = ROOT / "search_spaces"
 
 def session_processes(sid: int) -> dict[int, str]:
     """pid -> command line of every process in process session `sid`."""
-    out = subprocess.run(["ps", "-eo", "sid=,pid=,args="], capture_output=True,
+    out = subprocess.run(["ps", "-ww", "-eo", "sid=,pid=,args="], capture_output=True,
                          text=True).stdout
     rows = (ln.split(None, 2) for ln in out.splitlines())
     return {int(r[1]): r[2] if len(r) > 2 else "" for r in rows if int(r[0]) == sid}

@@ -170,6 +170,7 @@ def test_gpu_requested_where_ray_has_none_fails_before_any_run(ray_local, workdi
 
 
 def test_cli_run_prints_summary_and_leaves_no_process_behind(workdir):
+    import threading
     import time
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -179,8 +180,19 @@ def test_cli_run_prints_summary_and_leaves_no_process_behind(workdir):
          "--set", "dataset.limit=200"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=workdir, env=env,
         start_new_session=True)
+    seen: set[str] = set()  # the command lines of the study's processes while it runs
+
+    def watch() -> None:
+        while proc.poll() is None:
+            seen.update(session_processes(proc.pid).values())
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, daemon=True).start()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
+    # the local Ray instance ran without the dashboard process (runner._init_ray)
+    assert any("raylet" in a for a in seen)
+    assert not [a for a in seen if "dashboard/dashboard.py" in a]
     assert "runs done" in err  # live progress
     assert "study conv_bias_bn: finished" in out and "2 completed" in out
     assert f"mlflow ui --backend-store-uri sqlite:///{workdir}/mlflow.db" in out
