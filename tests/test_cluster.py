@@ -127,7 +127,12 @@ def children(root: Path, name: str):
 def test_job_submission_runs_on_both_nodes(cluster, tmp_path):
     job = tmp_path / "job"
     job.mkdir()
-    (job / "spec.yaml").write_text(yaml.safe_dump(tiny_spec(name="onjob")))
+    # Trials long enough (about 2 s) for the second node's first worker to come up: with
+    # 0.2 s trials, Tune could hand the second trial to the first node's free actor before
+    # the other node's actor was up, and stop that one (seen once in 5 runs of this test).
+    (job / "spec.yaml").write_text(yaml.safe_dump(tiny_spec(
+        name="onjob", dataset={"name": "synthetic", "samples": 2000},
+        train={"epochs": 4, "batch_size": 32})))
     submit = [str(BIN / "ray"), "job", "submit", "--address",
               f"http://127.0.0.1:{cluster.dash}", "--working-dir", str(job)]
 
