@@ -198,7 +198,10 @@ def main() -> None:
         with open(out / "bench.csv", newline="") as fh:
             old = [{k: _number(v) for k, v in r.items() if v != ""}
                    for r in csv.DictReader(fh)]
-        rows = [r for r in old if (r["approach"], r["slots"]) not in ran] + rows
+        kept = [r for r in old if (r["approach"], r["slots"]) not in ran]
+        for r in kept:
+            r["kept"] = 1
+        rows = kept + rows
         rows.sort(key=lambda r: (r["slots"], ORDER.get(r["approach"], 9)))
     with open(out / "bench.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=sorted({k for r in rows for k in r}))
@@ -217,6 +220,8 @@ def main() -> None:
         def g(k: str, d: int = 2, rs: list[dict] = rs) -> str:
             return fmt([r[k] for r in rs], d) if k in rs[0] else "-"
 
+        if rs[0].get("kept"):
+            name += " (kept from an earlier run)"
         lines.append(f"| {name} | {slots} | {g('wall_s', 1)} | {g('train_s', 1)} | "
                      f"{g('efficiency')} | {g('overhead_per_run_s')} | "
                      f"{g('mean_run_train_s')} | {g('peak_rss_mib', 0)} |")
