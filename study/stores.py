@@ -11,6 +11,7 @@ left to the library, which then makes the store as usual.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import shutil
@@ -77,8 +78,6 @@ def _seed(uri: str, library: str, make: Callable[[str], None],
         return False
     unique = f"{os.getpid()}.{threading.get_ident()}"
     try:
-        import importlib
-
         version = importlib.import_module(library).__version__
         template = cache_dir() / f"{library}-{version}-empty.db"
         if not template.exists():

@@ -22,7 +22,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["MlflowWriter", "TrackingError", "check_tracking_uri"]
 
 MAX_ENTITIES_PER_BATCH = 1000  # MLflow's log_batch limits: in all, and of each kind
-MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_TAGS_PER_BATCH = 100
 MAX_PARAM_CHARS = 6000
@@ -236,8 +235,10 @@ class MlflowWriter:
     def _send_run(self, key: str, ops: list[_Op]) -> None:
         from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-        batch: dict[str, list[Any]] = {"metrics": [], "params": [], "tags": []}
-        covered: list[_Op] = []
+        metrics: list[Metric] = []
+        params: list[Param] = []
+        tags: dict[str, str] = {}  # a key set twice before a send: the later value
+        covered: list[_Op] = []  # the ops whose writes are in the lists above
 
         def run_id() -> str:
             rid = self.child_ids.get(key) if key else self.parent_run_id
@@ -246,52 +247,41 @@ class MlflowWriter:
             return rid
 
         def send() -> None:
-            while any(batch.values()):
-                params = batch["params"][:MAX_PARAMS_PER_BATCH]
-                tags = batch["tags"][:MAX_TAGS_PER_BATCH]
-                room = MAX_ENTITIES_PER_BATCH - len(params) - len(tags)
-                chunk = {"metrics": batch["metrics"][:room], "params": params, "tags": tags}
+            tag_list = [RunTag(k, v) for k, v in tags.items()]
+            while metrics or params or tag_list:
+                p, t = params[:MAX_PARAMS_PER_BATCH], tag_list[:MAX_TAGS_PER_BATCH]
+                m = metrics[:MAX_ENTITIES_PER_BATCH - len(p) - len(t)]
                 self._inflight = covered
-                self.client.log_batch(run_id(), **chunk)
-                for k, sent in chunk.items():
-                    del batch[k][:len(sent)]
+                self.client.log_batch(run_id(), metrics=m, params=p, tags=t)
+                del metrics[:len(m)], params[:len(p)], tag_list[:len(t)]
+            tags.clear()
             self._done(covered)
             covered.clear()
 
         for op in ops:
+            if op.kind == "end":  # after everything before it has been sent
+                send()
+                self._inflight = [op]
+                self.client.set_terminated(run_id(), RunStatus.to_string(
+                    RunStatus.from_string(op.payload["status"])))
+                self._done([op])
+                continue
             covered.append(op)
             if op.kind == "create":
                 if key not in self.child_ids:
                     self._inflight = covered
-                    tags = {"mlflow.parentRunId": self.parent_run_id, **op.payload["tags"]}
+                    run_tags = {"mlflow.parentRunId": self.parent_run_id, **op.payload["tags"]}
                     run = self.client.create_run(
                         self.experiment_id, run_name=op.payload["name"],
-                        tags={k: _str(v) for k, v in tags.items()})
+                        tags={k: _str(v) for k, v in run_tags.items()})
                     self.child_ids[key] = run.info.run_id
-                batch["params"] += [Param(k, _str(v)) for k, v in op.payload["params"].items()]
+                params += [Param(k, _str(v)) for k, v in op.payload["params"].items()]
             elif op.kind == "metrics":
-                batch["metrics"] += [
-                    Metric(k, float(v), op.payload["ts"], op.payload["step"])
-                    for k, v in op.payload["metrics"].items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            elif op.kind == "tags":  # a key set twice in the batch: the later value
-                keys = {t.key: i for i, t in enumerate(batch["tags"])}
-                for k, v in op.payload["tags"].items():
-                    if k in keys:
-                        batch["tags"][keys[k]] = RunTag(k, _str(v))
-                    else:
-                        keys[k] = len(batch["tags"])
-                        batch["tags"].append(RunTag(k, _str(v)))
-            elif op.kind == "end":  # after everything before it has been sent
-                covered.pop()
-                send()
-                covered.append(op)
-                rid = run_id()
-                self._inflight = covered
-                self.client.set_terminated(rid, RunStatus.to_string(
-                    RunStatus.from_string(op.payload["status"])))
-                self._done(covered)
-                covered.clear()
+                metrics += [Metric(k, float(v), op.payload["ts"], op.payload["step"])
+                            for k, v in op.payload["metrics"].items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            elif op.kind == "tags":
+                tags.update((k, _str(v)) for k, v in op.payload["tags"].items())
         send()
 
     def _done(self, ops: list[_Op]) -> None:

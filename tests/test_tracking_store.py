@@ -14,12 +14,16 @@ from study.stores import seed_mlflow_store, seed_optuna_storage
 from study.tracking import check_tracking_uri
 
 
+def _schema(c: sqlite3.Connection) -> list:
+    # MLflow's own migrations order a table's constraints differently from one run to the
+    # next (set order): compare each statement's lines as a set.
+    return sorted((t, n, sorted(line.strip().rstrip(",") for line in (sql or "").split("\n")))
+                  for t, n, sql in c.execute("SELECT type, name, sql FROM sqlite_master"))
+
+
 def _contents(db: Path) -> tuple:
     with sqlite3.connect(db) as c:
-        # MLflow's own migrations order a table's constraints differently from one run to
-        # the next (set order): compare each statement's lines as a set.
-        schema = sorted((t, n, sorted(line.strip().rstrip(",") for line in (sql or "").split("\n")))
-                        for t, n, sql in c.execute("SELECT type, name, sql FROM sqlite_master"))
+        schema = _schema(c)
         version = c.execute("SELECT * FROM alembic_version").fetchall()
         default = c.execute("SELECT experiment_id, name, artifact_location, lifecycle_stage, "
                             "workspace, creation_time FROM experiments").fetchall()
@@ -149,9 +153,7 @@ def test_seeded_optuna_storage_is_the_storage_optuna_makes(
 
     def contents(db: Path) -> tuple:
         with sqlite3.connect(db) as c:
-            schema = sorted((t, n, sorted(line.strip().rstrip(",")
-                                          for line in (sql or "").split("\n")))
-                            for t, n, sql in c.execute("SELECT type, name, sql FROM sqlite_master"))
+            schema = _schema(c)
             rows = {t: c.execute(f'SELECT * FROM "{t}"').fetchall()
                     for (t,) in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         return schema, rows
