@@ -167,8 +167,9 @@ def _open_stores(spec: StudySpec, check_tracking: bool) -> Any:
 
 
 # What each worker of a local Ray instance imports as it starts (study.preload): Ray starts
-# one worker per CPU while the driver prepares, so the first trials find torch, Tune and the
-# training code loaded (see _plain_worker_actors).
+# one worker per trial slot (at most one per CPU: _lean_local_instance) while the driver
+# prepares, so the first trials find torch, Tune and the training code loaded (see
+# _plain_worker_actors).
 WORKER_PRELOAD = ["study.preload"]
 
 
@@ -187,20 +188,28 @@ def _plain_worker_actors() -> None:
 
 
 @contextlib.contextmanager
-def _lean_local_instance() -> Iterator[None]:
+def _lean_local_instance(prestart: int | None = None) -> Iterator[None]:
     """Start a local Ray instance without three helper processes that it does not use:
     the dashboard process that `include_dashboard=False` still starts (it reports Ray's
     usage statistics, and ray.init waits for it before it starts the raylet), the
     autoscaler monitor (nothing to scale on one machine) and the log monitor (it forwards
     worker output to the driver, which is off: log_to_driver=False). On 2 cores ray.init
     took 2.7-3.8 s with all three and 1.8-1.9 s without (n=4-5 each); the two monitors
-    used 1.0 s of CPU in a 31 s study. Ray internals: if they move, Ray starts as it
-    always did."""
+    used 1.0 s of CPU in a 31 s study.
+
+    `prestart`: how many workers the raylet starts ahead of the first task (Ray starts one
+    per CPU), at most. Each imports torch and Tune (study.preload, about 2.4 s of CPU); a
+    study that runs one trial at a time on 2 cores only needs one, and the other competed
+    with the driver and the first trial's worker for the CPU while they started.
+
+    Ray internals: if they move, Ray starts as it always did."""
     try:
+        from ray._private import services
         from ray._private.node import Node
 
         originals = {n: getattr(Node, n)
                      for n in ("start_api_server", "start_monitor", "start_log_monitor")}
+        start_ray_process = services.start_ray_process
     except Exception:
         yield
         return
@@ -213,16 +222,46 @@ def _lean_local_instance() -> Iterator[None]:
     def skip(self: Any, *args: Any, **kwargs: Any) -> None:
         return None
 
+    def start_process(command: list[str], *args: Any, **kwargs: Any) -> Any:
+        if prestart is not None:
+            command = [_fewer_prestarted(arg, prestart) for arg in command]
+        return start_ray_process(command, *args, **kwargs)
+
     Node.start_api_server, Node.start_monitor, Node.start_log_monitor = (
         start_api_server, skip, skip)
+    services.start_ray_process = start_process
     try:
         yield
     finally:
         for name, fn in originals.items():
             setattr(Node, name, fn)
+        services.start_ray_process = start_ray_process
 
 
-def _init_ray() -> None:
+_PRESTART = "--num_prestart_python_workers="
+
+
+def _fewer_prestarted(arg: str, most: int) -> str:
+    """The raylet's option naming how many workers it pre-starts, lowered to `most`."""
+    if not arg.startswith(_PRESTART):
+        return arg
+    try:
+        return f"{_PRESTART}{min(int(arg[len(_PRESTART):]), max(1, most))}"
+    except ValueError:
+        return arg
+
+
+def _slots(spec: StudySpec) -> int | None:
+    """Trials at once on a local instance, when the spec alone says (None: not known before
+    Ray is up, e.g. GPU runs)."""
+    if spec.concurrency:
+        return int(spec.concurrency)
+    if spec.gpu > 0:
+        return None
+    return max(1, int((os.cpu_count() or 1) / spec.cpu))
+
+
+def _init_ray(prestart: int | None = None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -232,7 +271,7 @@ def _init_ray() -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        with _lean_local_instance():
+        with _lean_local_instance(prestart):
             ray.init(include_dashboard=False,
                      _system_config={"preload_python_modules": WORKER_PRELOAD}, **kwargs)
     atexit.register(_shutdown_ray)  # runs before Ray's own exit handler (registered first)
@@ -334,7 +373,7 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
              f"MLflow {spec.tracking_uri} (experiment {spec.name!r}); "
              f"Optuna {_redact(spec.optuna_storage)}; "
              f"{_describe_plan(spec, fuse, seeds_per_block)}")
-    callback = StudyCallback(spec, writer, echo)
+    callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"])
     return _execute(spec, execution, execution, searcher, writer, callback, storage,
                     spec.total_runs, echo, t0, fuse)
 
@@ -402,7 +441,7 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
                           parent_tags={"study.status": "running", "study.resumes": n_resume},
                           parent_params={}, parent_run_id=parent.info.run_id)
     writer.child_ids.update({k: r["mlflow_run_id"] for k, r in done.items()})
-    callback = StudyCallback(spec, writer, echo)
+    callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"])
     for r in done.values():
         callback.records[r["run_key"]] = _record_from_row(r)
         callback.children.add(r["run_key"])
@@ -478,7 +517,7 @@ def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     stores = _Background(_open_stores, spec, not server)
-    _init_ray()
+    _init_ray(prestart=_slots(spec))
     storage = stores.result()
     import ray.tune  # noqa: F401
 

@@ -1,0 +1,150 @@
+"""How a study starts its own Ray instance, and when the driver warms the report.
+
+The local instance pre-starts only as many workers as the study runs trials at once; the
+report's imports wait for a CPU that no trial uses. Real Ray where Ray is involved.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+
+from study import callback as cb
+from study import runner
+from study.spec import load_spec
+from tests.conftest import tiny_spec
+from tests.test_e2e import write_spec
+
+
+def test_prestart_option_is_lowered_never_raised():
+    assert runner._fewer_prestarted("--num_prestart_python_workers=8", 1) == \
+        "--num_prestart_python_workers=1"
+    assert runner._fewer_prestarted("--num_prestart_python_workers=2", 4) == \
+        "--num_prestart_python_workers=2"
+    assert runner._fewer_prestarted("--num_prestart_python_workers=2", 0) == \
+        "--num_prestart_python_workers=1"
+    assert runner._fewer_prestarted("--node_manager_port=0", 1) == "--node_manager_port=0"
+    assert runner._fewer_prestarted("--num_prestart_python_workers=x", 1) == \
+        "--num_prestart_python_workers=x"
+
+
+def test_slots_come_from_the_spec(tmp_path):
+    def spec(**over):
+        return load_spec(write_spec(tmp_path / "s.yaml", tiny_spec(**over)))
+
+    assert runner._slots(spec(execution={"concurrency": 1})) == 1
+    cpus = os.cpu_count() or 1
+    assert runner._slots(spec(resources={"cpu": 1})) == cpus
+    assert runner._slots(spec(resources={"cpu": 0.5})) == int(cpus / 0.5)
+    assert runner._slots(spec(resources={"cpu": 1, "gpu": 1})) is None  # known once Ray is up
+
+
+def _ray_workers(pid: int) -> list[str]:
+    import psutil
+
+    out = []
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            argv = p.cmdline()
+        except psutil.Error:
+            continue
+        # a Python worker names itself ray::IDLE (or ray::<task>) once it is up
+        if (argv and argv[0].startswith("ray::") and "Agent" not in argv[0]) or \
+                (len(argv) > 1 and argv[1].endswith("default_worker.py")):
+            out.append(" ".join(argv))
+    return out
+
+
+_START = textwrap.dedent("""
+    import time
+    from study import runner
+    runner._init_ray(prestart={prestart})
+    import ray, psutil
+    from tests.test_lifecycle import _ray_workers
+    time.sleep(4)  # the raylet pre-starts its workers once the driver is connected
+    print(len(_ray_workers(psutil.Process().pid)), ray.cluster_resources()["CPU"])
+""")
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="Ray pre-starts one worker per CPU")
+@pytest.mark.parametrize("prestart", [1, None])
+def test_local_instance_prestarts_one_worker_per_slot(prestart, workdir):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", _START.format(prestart=prestart)],
+                         capture_output=True, text=True, timeout=120, env=env,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    workers, cpus = out.stdout.split()
+    # Ray's own choice is one per CPU; the study's slots when it says how many
+    assert int(workers) == (1 if prestart == 1 else int(float(cpus)))
+
+
+def _callback(cpus: float) -> cb.StudyCallback:
+    spec = SimpleNamespace(cpu=1.0, name="t", total_runs=4)
+    return cb.StudyCallback(spec, writer=None, echo=None, cpus=cpus)  # type: ignore[arg-type]
+
+
+def _trials(*statuses: str) -> list:
+    return [SimpleNamespace(status=s) for s in statuses]
+
+
+@pytest.fixture
+def warmed(monkeypatch):
+    started: list[float] = []
+    clock = {"now": 100.0}
+    monkeypatch.setattr(cb.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(cb, "_import_report_modules", lambda: started.append(clock["now"]))
+
+    def advance(seconds: float) -> None:
+        clock["now"] += seconds
+
+    return started, advance
+
+
+def _join_warm_threads() -> None:
+    import threading
+
+    for t in threading.enumerate():
+        if t.name == "study-report-imports":
+            t.join(5)
+
+
+def test_report_imports_wait_for_a_free_cpu_when_every_cpu_is_a_slot(warmed):
+    started, advance = warmed
+    c = _callback(cpus=2)
+    c._maybe_warm(_trials("RUNNING", "PENDING"))
+    assert not c._warmed  # nothing has completed yet
+    c._completed = 1
+    for _ in range(5):  # both CPUs train
+        c._maybe_warm(_trials("TERMINATED", "RUNNING", "RUNNING"))
+        advance(1.0)
+    assert not c._warmed
+    c._maybe_warm(_trials("TERMINATED", "TERMINATED", "RUNNING"))  # between two trials
+    advance(0.2)
+    c._maybe_warm(_trials("TERMINATED", "TERMINATED", "RUNNING", "RUNNING"))
+    advance(1.0)
+    assert not c._warmed  # a short gap does not count
+    c._maybe_warm(_trials("TERMINATED", "TERMINATED", "TERMINATED", "RUNNING"))
+    advance(0.6)
+    c._maybe_warm(_trials("TERMINATED", "TERMINATED", "TERMINATED", "RUNNING"))
+    assert c._warmed  # a slot has had no trial for 0.6 s: the end of the study
+    _join_warm_threads()
+    assert len(started) == 1
+
+
+def test_report_imports_start_early_when_a_cpu_has_no_slot(warmed):
+    started, advance = warmed
+    c = _callback(cpus=2)  # one trial at a time on 2 CPUs
+    c._completed = 1
+    c._maybe_warm(_trials("TERMINATED", "RUNNING"))
+    advance(0.5)
+    c._maybe_warm(_trials("TERMINATED", "RUNNING"))
+    assert c._warmed
+    c._maybe_warm(_trials("TERMINATED", "RUNNING"))  # once only
+    _join_warm_threads()
+    assert len(started) == 1
