@@ -251,14 +251,15 @@ def _fewer_prestarted(arg: str, most: int) -> str:
         return arg
 
 
-def _slots(spec: StudySpec) -> int | None:
-    """Trials at once on a local instance, when the spec alone says (None: not known before
-    Ray is up, e.g. GPU runs)."""
+def _slots(spec: StudySpec, cluster: Mapping[str, float] | None = None) -> int | None:
+    """Trials the study runs at once: `execution.concurrency`, else as many as the
+    cluster's GPUs (GPU runs) or CPUs hold. Before Ray is up (`cluster` None): this
+    machine's CPUs, and None for GPU runs."""
     if spec.concurrency:
         return int(spec.concurrency)
     if spec.gpu > 0:
-        return None
-    return max(1, int((os.cpu_count() or 1) / spec.cpu))
+        return max(1, int(cluster["GPU"] / spec.gpu)) if cluster else None
+    return max(1, int((cluster["CPU"] if cluster else os.cpu_count() or 1) / spec.cpu))
 
 
 def _init_ray(prestart: int | None = None) -> None:
@@ -466,12 +467,7 @@ def block_plan(spec: StudySpec, cluster: Mapping[str, float]) -> tuple[bool, int
         return fuse, max(1, spec.runs_per_trial // len(spec.levels))
     if not fuse:
         return fuse, 1
-    if spec.concurrency:
-        slots = spec.concurrency
-    elif spec.gpu > 0:
-        slots = max(1, int(cluster["GPU"] / spec.gpu))
-    else:
-        slots = max(1, int(cluster["CPU"] / spec.cpu))
+    slots = _slots(spec, cluster) or 1  # never None with the cluster's resources
     splits = max(1, math.ceil(slots / max(1, min(spec.trials, spec.pending))))
     return fuse, max(1, math.ceil(spec.repeats / splits))
 

@@ -42,6 +42,10 @@ def test_slots_come_from_the_spec(tmp_path):
     assert runner._slots(spec(resources={"cpu": 1})) == cpus
     assert runner._slots(spec(resources={"cpu": 0.5})) == int(cpus / 0.5)
     assert runner._slots(spec(resources={"cpu": 1, "gpu": 1})) is None  # known once Ray is up
+    # once Ray is up: the cluster's resources (as block_plan uses them)
+    assert runner._slots(spec(resources={"cpu": 1, "gpu": 1}), {"CPU": 8.0, "GPU": 2.0}) == 2
+    assert runner._slots(spec(resources={"cpu": 2}), {"CPU": 8.0, "GPU": 0.0}) == 4
+    assert runner._slots(spec(execution={"concurrency": 3}), {"CPU": 8.0, "GPU": 0.0}) == 3
 
 
 def _ray_workers(pid: int) -> list[str]:
