@@ -16,9 +16,8 @@ import pytest
 
 from study import callback as cb
 from study import runner
-from study.spec import load_spec
+from study.spec import parse_spec
 from tests.conftest import tiny_spec
-from tests.test_e2e import write_spec
 
 
 def test_prestart_option_is_lowered_never_raised():
@@ -33,9 +32,9 @@ def test_prestart_option_is_lowered_never_raised():
         "--num_prestart_python_workers=x"
 
 
-def test_slots_come_from_the_spec(tmp_path):
+def test_slots_come_from_the_spec():
     def spec(**over):
-        return load_spec(write_spec(tmp_path / "s.yaml", tiny_spec(**over)))
+        return parse_spec(tiny_spec(**over))
 
     assert runner._slots(spec(execution={"concurrency": 1})) == 1
     cpus = os.cpu_count() or 1
