@@ -1,7 +1,8 @@
 """How a study starts its own Ray instance, and when the driver warms the report.
 
-The local instance pre-starts only as many workers as the study runs trials at once; the
-report's imports wait for a CPU that no trial uses. Real Ray where Ray is involved.
+The local instance pre-starts only as many workers as the study runs trials at once and
+reports no task events; the report's imports wait for a CPU that no trial uses. Real Ray
+where Ray is involved.
 """
 
 from __future__ import annotations
@@ -70,21 +71,26 @@ _START = textwrap.dedent("""
     import ray, psutil
     from tests.test_lifecycle import _ray_workers
     time.sleep(4)  # the raylet pre-starts its workers once the driver is connected
-    print(len(_ray_workers(psutil.Process().pid)), ray.cluster_resources()["CPU"])
+    workers = len(_ray_workers(psutil.Process().pid))
+    ray.get([ray.remote(lambda: 1).remote() for _ in range(3)])
+    time.sleep(1.5)  # Ray reports task events every second (when on: 4 events here)
+    events = len(ray._private.state.state._get_all_task_events())
+    print(workers, ray.cluster_resources()["CPU"], events)
 """)
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="Ray pre-starts one worker per CPU")
 @pytest.mark.parametrize("prestart", [1, None])
-def test_local_instance_prestarts_one_worker_per_slot(prestart, workdir):
+def test_local_instance_prestarts_per_slot_without_task_events(prestart, workdir):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run([sys.executable, "-c", _START.format(prestart=prestart)],
                          capture_output=True, text=True, timeout=120, env=env,
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.returncode == 0, out.stderr[-3000:]
-    workers, cpus = out.stdout.split()
+    workers, cpus, events = out.stdout.split()
     # Ray's own choice is one per CPU; the study's slots when it says how many
     assert int(workers) == (1 if prestart == 1 else int(float(cpus)))
+    assert events == "0"  # task events off (LOCAL_SYSTEM_CONFIG)
 
 
 def _callback(cpus: float) -> cb.StudyCallback:
