@@ -69,9 +69,9 @@ def trainable(config: dict[str, Any], splits: Any = None) -> None:
     ctx = ray.get_runtime_context()
     where = {"node_id": ctx.get_node_id(), "host": socket.gethostname(),
              "device": str(device)}
-    every = int(config.get("checkpoint_every", 0))
+    every = config.get("checkpoint_every")  # None: by time (study.block)
     # a retried block continues each run after its last checkpointed epoch
-    store = CheckpointStore(config["checkpoint_dir"]) if every else None
+    store = CheckpointStore(config["checkpoint_dir"]) if every != 0 else None
     metric = config["metric"]
 
     def before_epoch(keys: Any, epoch: int, restored: bool) -> None:

@@ -232,7 +232,9 @@ class StudySpec:
     gpu: float
     concurrency: int | None
     retries: int
-    checkpoint_every: int  # epochs between checkpoints a retried run continues from; 0: never
+    # epochs between checkpoints a retried run continues from; 0: never; None (auto): by
+    # time (study.block.AUTO_CHECKPOINT_SECONDS)
+    checkpoint_every: int | None
     fuse: str  # auto (on a GPU), on, off: train a block's compatible runs as one model
     runs_per_trial: int | None  # runs per Tune trial (whole pairs); None: chosen (runner)
     optuna_storage: str
@@ -317,12 +319,16 @@ class _Ctx:
                           "keys " + ", ".join(allowed_keys), "unknown key")
         return dict(value)
 
-    def integer(self, path: str, value: Any, low: int | None = None) -> int:
+    def integer(self, path: str, value: Any, low: int | None = None,
+                also: str | None = None) -> int:
+        """An integer (>= `low`); `also`: the one word also allowed (which the caller
+        handles), named in the error."""
+        allowed = (f"{also} or " if also else "") + "an integer" + (
+            f" >= {low}" if low is not None else "")
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(path, value, "an integer" + (f" >= {low}" if low is not None else ""),
-                      "expected an integer")
+            self.fail(path, value, allowed, "expected an integer")
         if low is not None and value < low:
-            self.fail(path, value, f"an integer >= {low}")
+            self.fail(path, value, allowed)
         return value
 
     def number(self, path: str, value: Any, low: float | None = None,
@@ -578,10 +584,12 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     conc_raw = ex.get("concurrency")
     concurrency = None if conc_raw is None else c.integer("execution.concurrency", conc_raw, 1)
     retries = c.integer("execution.retries", ex.get("retries", 2), low=0)
-    checkpoint_every = c.integer("execution.checkpoint_every",
-                                 ex.get("checkpoint_every", 1), low=0)
+    every = ex.get("checkpoint_every", "auto")
+    checkpoint_every = None if every == "auto" else c.integer(
+        "execution.checkpoint_every", every, low=0, also="auto")
     rpt = ex.get("runs_per_trial", "auto")
-    runs_per_trial = None if rpt == "auto" else c.integer("execution.runs_per_trial", rpt, 1)
+    runs_per_trial = None if rpt == "auto" else c.integer("execution.runs_per_trial", rpt, 1,
+                                                          also="auto")
     if fuse == "on" and fixed.get("precision") == "fp16":
         c.fail("train.fuse", "on", "auto or off with `train.precision: fp16` (one loss "
                "scaler cannot serve several fused models); or precision fp32/bf16")

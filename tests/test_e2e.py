@@ -208,7 +208,8 @@ def test_cli_run_prints_summary_and_leaves_no_process_behind(workdir):
 
 def test_worker_death_is_retried_from_the_last_checkpoint(ray_local, workdir):
     raw = tiny_spec(name="retry", repeats=1, space={}, search={"trials": 1}, compare=None,
-                    train={"epochs": 4, "batch_size": 32})
+                    train={"epochs": 4, "batch_size": 32},
+                    execution={"checkpoint_every": 1})  # (by time: none in a tiny run)
     del raw["compare"]
     res = study.run(write_spec(workdir / "r.yaml", raw), echo=None)
     (rec,) = res.runs

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from study import block
 from study.block import train_block
 from study.checkpoints import CheckpointStore
 from study.data import load_tensors
@@ -113,6 +114,32 @@ def test_block_trains_in_lockstep_and_fused_equals_unfused(tmp_path):
     for key in finals[True]:
         assert finals[True][key].status == finals[False][key].status == "completed"
         assert_close(finals[True][key].history, finals[False][key].history)
+
+
+class _Recorder(CheckpointStore):
+    def __init__(self, folder: str) -> None:
+        super().__init__(folder)
+        self.saved: list[tuple[str, int]] = []
+
+    def save(self, key, state):
+        self.saved.append((key, state["epoch"]))
+        super().save(key, state)
+
+
+@pytest.mark.parametrize("every, seconds, epochs", [
+    (2, 3600.0, [2, 3]),  # every 2 epochs, and when it ends
+    (None, 3600.0, [3]),  # by time: none due within the run, so only at its end
+    (None, 0.0, [1, 2, 3]),  # by time, with no time between checkpoints: every epoch
+])
+def test_checkpoint_cadence(tmp_path, monkeypatch, every, seconds, epochs):
+    monkeypatch.setattr(block, "AUTO_CHECKPOINT_SECONDS", seconds)
+    store = _Recorder(str(tmp_path))
+    run = BASE | {"seed": 0, "run_key": "r"}
+    final = train_block([run], load_tensors(DATA), device="cpu", fuse=False, store=store,
+                        checkpoint_every=every, report=lambda e, r: None)
+    assert final["r"].status == "completed" and len(final["r"].history) == 3
+    assert store.saved == [("r", e) for e in epochs]
+    assert not list(tmp_path.iterdir())  # and the file goes when the block ends
 
 
 def test_a_failing_run_in_a_fused_block_fails_alone(tmp_path):

@@ -289,3 +289,14 @@ def test_fuse_and_runs_per_trial(tmp_path):
     assert "`train.fuse`" in msg and "fp16" in msg
     msg = error_of(tmp_path, tiny_spec(execution={"runs_per_trial": 0}))
     assert "`execution.runs_per_trial`" in msg
+
+
+def test_checkpoint_every(tmp_path):
+    assert parse_spec(tiny_spec()).checkpoint_every is None  # auto: by time
+    assert parse_spec(tiny_spec(execution={"checkpoint_every": "auto"})).checkpoint_every is None
+    assert parse_spec(tiny_spec(execution={"checkpoint_every": 3})).checkpoint_every == 3
+    assert parse_spec(tiny_spec(execution={"checkpoint_every": 0})).checkpoint_every == 0
+    for bad in ("often", -1, 1.5):
+        msg = error_of(tmp_path, tiny_spec(execution={"checkpoint_every": bad}))
+        assert "`execution.checkpoint_every`" in msg and "Allowed: auto or an integer >= 0" \
+            in msg, msg
