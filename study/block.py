@@ -12,9 +12,9 @@ keep their final record and do not train again.
 
 Checkpoints: every `checkpoint_every` epochs, or (None, the default) after an epoch that
 ends at least AUTO_CHECKPOINT_SECONDS after the unit's last checkpoint; always when a unit
-ends. A checkpoint of a digits-size model takes about 2 ms, which every epoch of a 0.15 s
-epoch is over 1% of the training; at most AUTO_CHECKPOINT_SECONDS of a unit's training is
-trained again after a worker dies.
+ends. A checkpoint of a digits-size model takes about 2 ms: after every epoch of 0.15 s,
+over 1% of the training. By time, a worker that dies costs at most about
+AUTO_CHECKPOINT_SECONDS of each unit's training, trained again.
 """
 
 from __future__ import annotations
