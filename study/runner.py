@@ -172,13 +172,15 @@ def _open_stores(spec: StudySpec, check_tracking: bool) -> Any:
 # _plain_worker_actors).
 WORKER_PRELOAD = ["study.preload"]
 
-# Ray's system config for the local instance `study` starts: the worker preload, and no
-# task events. Task events feed only the dashboard's task views and the State API (`ray
-# list tasks`); the local instance runs without a dashboard, and a driver that reported
-# them waited 0.26 s at exit for the core worker's final flush of them (9 ms without:
-# n=3 each). 0 turns them off (as in Ray's own test_globally_disable_task_events).
-LOCAL_SYSTEM_CONFIG: dict[str, Any] = {"preload_python_modules": WORKER_PRELOAD,
-                                       "task_events_report_interval_ms": 0}
+# Ray settings for the local instance `study` starts, as environment variables while it
+# starts (its processes inherit them; a setting of the user's wins): no task events. They
+# feed only the dashboard's task views and the State API (`ray list tasks`); the local
+# instance runs without a dashboard, and a driver that reported them waited 0.26 s at exit
+# for the core worker's final flush of them (9 ms without: n=3 each). 0 turns them off (as
+# in Ray's own test_globally_disable_task_events). An environment variable, not a
+# `_system_config` key: Ray ignores the variable of a setting it no longer has, but its GCS
+# dies on an unknown key and ray.init then times out after 30 s (checked).
+LOCAL_RAY_ENV = {"RAY_task_events_report_interval_ms": "0"}
 
 
 def _plain_worker_actors() -> None:
@@ -246,6 +248,18 @@ def _lean_local_instance(prestart: int | None = None) -> Iterator[None]:
         services.start_ray_process = start_ray_process
 
 
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables the process does not set already; restore on exit."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 _PRESTART = "--num_prestart_python_workers="
 
 
@@ -280,9 +294,9 @@ def _init_ray(prestart: int | None = None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        with _lean_local_instance(prestart):
+        with _lean_local_instance(prestart), _environ(LOCAL_RAY_ENV):
             ray.init(include_dashboard=False,
-                     _system_config=LOCAL_SYSTEM_CONFIG, **kwargs)
+                     _system_config={"preload_python_modules": WORKER_PRELOAD}, **kwargs)
     atexit.register(_shutdown_ray)  # runs before Ray's own exit handler (registered first)
 
 

@@ -65,6 +65,7 @@ def _ray_workers(pid: int) -> list[str]:
 
 
 _START = textwrap.dedent("""
+    import os
     import time
     from study import runner
     runner._init_ray(prestart={prestart})
@@ -75,7 +76,8 @@ _START = textwrap.dedent("""
     ray.get([ray.remote(lambda: 1).remote() for _ in range(3)])
     time.sleep(1.5)  # Ray reports task events every second (when on: 4 events here)
     events = len(ray._private.state.state._get_all_task_events())
-    print(workers, ray.cluster_resources()["CPU"], events)
+    leaked = any(k in os.environ for k in runner.LOCAL_RAY_ENV)
+    print(workers, ray.cluster_resources()["CPU"], events, leaked)
 """)
 
 
@@ -87,10 +89,11 @@ def test_local_instance_prestarts_per_slot_without_task_events(prestart, workdir
                          capture_output=True, text=True, timeout=120, env=env,
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.returncode == 0, out.stderr[-3000:]
-    workers, cpus, events = out.stdout.split()
+    workers, cpus, events, leaked = out.stdout.split()
     # Ray's own choice is one per CPU; the study's slots when it says how many
     assert int(workers) == (1 if prestart == 1 else int(float(cpus)))
-    assert events == "0"  # task events off (LOCAL_SYSTEM_CONFIG)
+    # task events off (runner.LOCAL_RAY_ENV), set only while the instance started
+    assert events == "0" and leaked == "False"
 
 
 def _callback(cpus: float) -> cb.StudyCallback:
