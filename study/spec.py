@@ -321,8 +321,8 @@ class _Ctx:
 
     def integer(self, path: str, value: Any, low: int | None = None,
                 also: str | None = None) -> int:
-        """An integer (>= `low`); `also`: the one word also allowed (which the caller
-        handles), named in the error."""
+        """An integer (>= `low`); `also`: a word also allowed, named in the error (see
+        `integer_or_auto`)."""
         allowed = (f"{also} or " if also else "") + "an integer" + (
             f" >= {low}" if low is not None else "")
         if isinstance(value, bool) or not isinstance(value, int):
@@ -330,6 +330,10 @@ class _Ctx:
         if low is not None and value < low:
             self.fail(path, value, allowed)
         return value
+
+    def integer_or_auto(self, path: str, value: Any, low: int) -> int | None:
+        """`auto` (None: the runner chooses) or an integer >= `low`."""
+        return None if value == "auto" else self.integer(path, value, low, also="auto")
 
     def number(self, path: str, value: Any, low: float | None = None,
                high: float | None = None, low_open: bool = False) -> float:
@@ -584,12 +588,10 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     conc_raw = ex.get("concurrency")
     concurrency = None if conc_raw is None else c.integer("execution.concurrency", conc_raw, 1)
     retries = c.integer("execution.retries", ex.get("retries", 2), low=0)
-    every = ex.get("checkpoint_every", "auto")
-    checkpoint_every = None if every == "auto" else c.integer(
-        "execution.checkpoint_every", every, low=0, also="auto")
-    rpt = ex.get("runs_per_trial", "auto")
-    runs_per_trial = None if rpt == "auto" else c.integer("execution.runs_per_trial", rpt, 1,
-                                                          also="auto")
+    checkpoint_every = c.integer_or_auto("execution.checkpoint_every",
+                                         ex.get("checkpoint_every", "auto"), low=0)
+    runs_per_trial = c.integer_or_auto("execution.runs_per_trial",
+                                       ex.get("runs_per_trial", "auto"), low=1)
     if fuse == "on" and fixed.get("precision") == "fp16":
         c.fail("train.fuse", "on", "auto or off with `train.precision: fp16` (one loss "
                "scaler cannot serve several fused models); or precision fp32/bf16")
