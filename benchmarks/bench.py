@@ -159,6 +159,44 @@ def fmt(xs: list[float], digits: int = 2) -> str:
     return f"{statistics.median(xs):.{digits}f} ({min(xs):.{digits}f}-{max(xs):.{digits}f})"
 
 
+def paired_ratios(rows: list[dict]) -> None:
+    """Add, to each row measured alongside a loop row (same repetition, same slots), its
+    wall and mean training seconds per run as multiples of that loop row's."""
+    loops = {(r["slots"], r["rep"]): r for r in rows if r["approach"] == KEYS["loop"]}
+    for r in rows:
+        base = loops.get((r["slots"], r["rep"]))
+        if base is not None and not r.get("kept"):
+            r["wall_vs_loop"] = r["wall_s"] / base["wall_s"]
+            r["train_vs_loop"] = r["mean_run_train_s"] / base["mean_run_train_s"]
+
+
+def table(rows: list[dict], reps: int) -> list[str]:
+    """The Markdown table: per approach and slots, each column's median (min-max)."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["approach"], r["slots"]), []).append(r)
+    lines = [f"n = {reps} repetitions each, interleaved; median (min-max). Machine: "
+             f"{os.cpu_count()} cores. x loop: wall and training seconds per run as "
+             "multiples of the loop's in the same repetition.", "",
+             "| approach | runs at a time | wall s | wall x loop | sum of training s | "
+             "efficiency | overhead per run s | mean training s per run | training x loop "
+             "| peak memory MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, slots), rs in groups.items():
+
+        def g(k: str, d: int = 2, rs: list[dict] = rs) -> str:
+            xs = [r[k] for r in rs if k in r]
+            return fmt(xs, d) if xs else "-"
+
+        if rs[0].get("kept"):
+            name += " (kept from an earlier run)"
+        lines.append(f"| {name} | {slots} | {g('wall_s', 1)} | {g('wall_vs_loop', 3)} | "
+                     f"{g('train_s', 1)} | {g('efficiency')} | {g('overhead_per_run_s')} | "
+                     f"{g('mean_run_train_s')} | {g('train_vs_loop', 3)} | "
+                     f"{g('peak_rss_mib', 0)} |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
@@ -172,10 +210,13 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    for slots in a.slots:
-        for short in a.only:
-            name = KEYS[short]
-            for rep in range(a.reps):
+    # Repetitions outermost: each repetition runs every approach once, back to back, so the
+    # machine's drift (several seconds within an hour here) hits all of them alike and the
+    # ratios to the loop of the same repetition cancel it (see paired_ratios).
+    for rep in range(a.reps):
+        for slots in a.slots:
+            for short in a.only:
+                name = KEYS[short]
                 with tempfile.TemporaryDirectory() as tmp:
                     wall, peak, secs = APPROACHES[name](slots, Path(tmp))
                 n, train = len(secs), sum(secs)
@@ -185,6 +226,7 @@ def main() -> None:
                        "mean_run_train_s": train / n, "peak_rss_mib": peak}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+    paired_ratios(rows)
     if a.verdicts:
         for spec in sorted((ROOT / "search_spaces").glob("*.yaml")):
             for rep in range(a.reps):
@@ -202,29 +244,12 @@ def main() -> None:
         for r in kept:
             r["kept"] = 1
         rows = kept + rows
-        rows.sort(key=lambda r: (r["slots"], ORDER.get(r["approach"], 9)))
+    rows.sort(key=lambda r: (r["slots"], ORDER.get(r["approach"], 9), r["rep"]))
     with open(out / "bench.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=sorted({k for r in rows for k in r}))
         w.writeheader()
         w.writerows(rows)
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["approach"], r["slots"]), []).append(r)
-    lines = [f"n = {a.reps} repetitions each; median (min-max). Machine: {os.cpu_count()} "
-             "cores.", "",
-             "| approach | runs at a time | wall s | sum of training s | efficiency | "
-             "overhead per run s | mean training s per run | peak memory MiB |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (name, slots), rs in groups.items():
-
-        def g(k: str, d: int = 2, rs: list[dict] = rs) -> str:
-            return fmt([r[k] for r in rs], d) if k in rs[0] else "-"
-
-        if rs[0].get("kept"):
-            name += " (kept from an earlier run)"
-        lines.append(f"| {name} | {slots} | {g('wall_s', 1)} | {g('train_s', 1)} | "
-                     f"{g('efficiency')} | {g('overhead_per_run_s')} | "
-                     f"{g('mean_run_train_s')} | {g('peak_rss_mib', 0)} |")
+    lines = table(rows, a.reps)
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

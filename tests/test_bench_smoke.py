@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import optuna
+import pytest
 
 from study.searcher import BlockSearcher
 from tests.conftest import ROOT
@@ -40,3 +41,30 @@ def test_loop_script_trains_and_reports(tmp_path):
                     "--out", str(out)], check=True, timeout=120)
     (row,) = json.loads(out.read_text())
     assert row["run_key"] == "c000-bias=True-s0" and row["train_seconds"] > 0
+
+
+def test_ratios_pair_each_row_with_the_loop_of_its_own_repetition():
+    import bench
+
+    loop, study = bench.KEYS["loop"], bench.KEYS["study"]
+
+    def row(approach, slots, rep, wall, train_per_run, **extra):
+        return {"approach": approach, "slots": slots, "rep": rep, "wall_s": wall,
+                "mean_run_train_s": train_per_run, **extra}
+
+    rows = [row(loop, 1, 0, 40.0, 1.6), row(study, 1, 0, 46.0, 1.68),
+            row(loop, 1, 1, 50.0, 2.0), row(study, 1, 1, 55.0, 2.0),
+            row(loop, 2, 0, 20.0, 1.6), row(study, 2, 0, 30.0, 1.76),
+            row(study, 2, 1, 31.0, 1.7),  # no loop in repetition 1 at 2 slots
+            row(bench.KEYS["tune"], 1, 0, 170.0, 1.9, kept=1, wall_vs_loop=3.9)]
+    bench.paired_ratios(rows)
+    assert [r.get("wall_vs_loop") for r in rows] == pytest.approx(
+        [1.0, 1.15, 1.0, 1.1, 1.0, 1.5, None, 3.9])  # a kept row keeps its own run's ratio
+    assert [r.get("train_vs_loop") for r in rows] == pytest.approx(
+        [1.0, 1.05, 1.0, 1.0, 1.0, 1.1, None, None])
+    lines = bench.table([dict(r, train_s=0.0, efficiency=0.0, overhead_per_run_s=0.0,
+                              peak_rss_mib=0.0) for r in rows], 2)
+    (study1,) = [ln for ln in lines if ln.startswith(f"| {study} | 1 |")]
+    assert "| 1.125 (1.100-1.150) |" in study1  # wall x loop: median (min-max) of 1.15, 1.1
+    (study2,) = [ln for ln in lines if ln.startswith(f"| {study} | 2 |")]
+    assert "| 1.500 (1.500-1.500) |" in study2  # only the paired repetition counts
