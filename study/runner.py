@@ -177,10 +177,22 @@ WORKER_PRELOAD = ["study.preload"]
 # feed only the dashboard's task views and the State API (`ray list tasks`); the local
 # instance runs without a dashboard, and a driver that reported them waited 0.26 s at exit
 # for the core worker's final flush of them (9 ms without: n=3 each). 0 turns them off (as
-# in Ray's own test_globally_disable_task_events). An environment variable, not a
-# `_system_config` key: Ray ignores the variable of a setting it no longer has, but its GCS
-# dies on an unknown key and ray.init then times out after 30 s (checked).
+# in Ray's own test_globally_disable_task_events). Environment variables, not
+# `_system_config` keys: Ray ignores the variable of a setting it no longer has, but its
+# GCS dies on an unknown key and ray.init then times out after 30 s (checked).
 LOCAL_RAY_ENV = {"RAY_task_events_report_interval_ms": "0"}
+
+# Also, when the study leaves a CPU free (fewer slots than CPUs): workers at the driver's
+# priority. Ray starts its workers at nice 15 so that its own processes and the driver get
+# the CPU at once; with every CPU a slot that is what keeps the driver's answer to each
+# epoch's report (which the run waits for) prompt. With a CPU to spare, the driver does
+# not need it, and at nice 15 the pre-started worker, whose imports are what the first
+# run waits for, lost the CPU to the driver and Ray's processes while they all started.
+# Measured, interleaved with the plain loop (n=4, benchmarks/results/ab_niceness.txt):
+# one at a time on 2 CPUs 1.132x the loop (1.116-1.149) at nice 0 against 1.158x
+# (1.143-1.202) at nice 15; two at a time 1.370x (1.277-1.440) against 1.318x
+# (1.255-1.402). Ray's job server starts its supervisor actors with this variable at 0.
+SPARE_CPU_RAY_ENV = {"RAY_worker_niceness": "0"}
 
 
 def _plain_worker_actors() -> None:
@@ -294,7 +306,9 @@ def _init_ray(prestart: int | None = None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        with _lean_local_instance(prestart), _environ(LOCAL_RAY_ENV):
+        spare = prestart is not None and prestart < (os.cpu_count() or 1)
+        with _lean_local_instance(prestart), \
+                _environ({**LOCAL_RAY_ENV, **(SPARE_CPU_RAY_ENV if spare else {})}):
             ray.init(include_dashboard=False,
                      _system_config={"preload_python_modules": WORKER_PRELOAD}, **kwargs)
     atexit.register(_shutdown_ray)  # runs before Ray's own exit handler (registered first)

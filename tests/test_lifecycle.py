@@ -76,24 +76,28 @@ _START = textwrap.dedent("""
     ray.get([ray.remote(lambda: 1).remote() for _ in range(3)])
     time.sleep(1.5)  # Ray reports task events every second (when on: 4 events here)
     events = len(ray._private.state.state._get_all_task_events())
-    leaked = any(k in os.environ for k in runner.LOCAL_RAY_ENV)
-    print(workers, ray.cluster_resources()["CPU"], events, leaked)
+    leaked = any(k in os.environ for k in [*runner.LOCAL_RAY_ENV, *runner.SPARE_CPU_RAY_ENV])
+    nice = ray.get(ray.remote(lambda: os.nice(0)).remote())  # a worker's niceness
+    print(workers, ray.cluster_resources()["CPU"], events, leaked, nice)
 """)
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="Ray pre-starts one worker per CPU")
 @pytest.mark.parametrize("prestart", [1, None])
-def test_local_instance_prestarts_per_slot_without_task_events(prestart, workdir):
+def test_local_instance_prestarts_per_slot_lean_and_unniced(prestart, workdir):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run([sys.executable, "-c", _START.format(prestart=prestart)],
                          capture_output=True, text=True, timeout=120, env=env,
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.returncode == 0, out.stderr[-3000:]
-    workers, cpus, events, leaked = out.stdout.split()
+    workers, cpus, events, leaked, nice = out.stdout.split()
     # Ray's own choice is one per CPU; the study's slots when it says how many
     assert int(workers) == (1 if prestart == 1 else int(float(cpus)))
-    # task events off (runner.LOCAL_RAY_ENV), set only while the instance started
+    # task events off (runner.LOCAL_RAY_ENV; Ray's default: 4 events here); workers at the
+    # driver's priority when a CPU is left free (runner.SPARE_CPU_RAY_ENV), else at Ray's
+    # nice 15; both set only while the instance started
     assert events == "0" and leaked == "False"
+    assert int(nice) == (os.nice(0) if prestart == 1 else 15)
 
 
 def _callback(cpus: float) -> cb.StudyCallback:
