@@ -182,7 +182,7 @@ WORKER_PRELOAD = ["study.preload"]
 # GCS dies on an unknown key and ray.init then times out after 30 s (checked).
 LOCAL_RAY_ENV = {"RAY_task_events_report_interval_ms": "0"}
 
-# Also, when the study leaves a CPU free (fewer slots than CPUs): workers at the driver's
+# Also, when the study leaves a CPU free (_spare_cpu): workers at the driver's
 # priority. Ray starts its workers at nice 15 so that its own processes and the driver get
 # the CPU at once; with every CPU a slot that is what keeps the driver's answer to each
 # epoch's report (which the run waits for) prompt. With a CPU to spare, the driver does
@@ -296,7 +296,15 @@ def _slots(spec: StudySpec, cluster: Mapping[str, float] | None = None) -> int |
     return max(1, int((cluster["CPU"] if cluster else os.cpu_count() or 1) / spec.cpu))
 
 
-def _init_ray(prestart: int | None = None) -> None:
+def _spare_cpu(spec: StudySpec) -> bool:
+    """Does the study, at full concurrency on the local instance, leave a CPU free?"""
+    slots = _slots(spec)
+    return slots is not None and slots * spec.cpu < (os.cpu_count() or 1)
+
+
+def _init_ray(prestart: int | None = None, spare_cpu: bool = False) -> None:
+    """Join RAY_ADDRESS's cluster, or start a local instance that pre-starts at most
+    `prestart` workers (with SPARE_CPU_RAY_ENV if `spare_cpu`)."""
     import ray
 
     if ray.is_initialized():
@@ -306,9 +314,8 @@ def _init_ray(prestart: int | None = None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        spare = prestart is not None and prestart < (os.cpu_count() or 1)
         with _lean_local_instance(prestart), \
-                _environ({**LOCAL_RAY_ENV, **(SPARE_CPU_RAY_ENV if spare else {})}):
+                _environ({**LOCAL_RAY_ENV, **(SPARE_CPU_RAY_ENV if spare_cpu else {})}):
             ray.init(include_dashboard=False,
                      _system_config={"preload_python_modules": WORKER_PRELOAD}, **kwargs)
     atexit.register(_shutdown_ray)  # runs before Ray's own exit handler (registered first)
@@ -549,7 +556,7 @@ def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     stores = _Background(_open_stores, spec, not server)
-    _init_ray(prestart=_slots(spec))
+    _init_ray(prestart=_slots(spec), spare_cpu=_spare_cpu(spec))
     storage = stores.result()
     import ray.tune  # noqa: F401
 

@@ -46,6 +46,13 @@ def test_slots_come_from_the_spec():
     assert runner._slots(spec(resources={"cpu": 1, "gpu": 1}), {"CPU": 8.0, "GPU": 2.0}) == 2
     assert runner._slots(spec(resources={"cpu": 2}), {"CPU": 8.0, "GPU": 0.0}) == 4
     assert runner._slots(spec(execution={"concurrency": 3}), {"CPU": 8.0, "GPU": 0.0}) == 3
+    # a CPU left free (runner.SPARE_CPU_RAY_ENV): slots x CPUs per run below this machine's
+    one = {"execution": {"concurrency": 1}}
+    assert runner._spare_cpu(spec(**one, resources={"cpu": 1})) == (cpus > 1)
+    assert not runner._spare_cpu(spec(**one, resources={"cpu": cpus}))
+    assert not runner._spare_cpu(spec(resources={"cpu": 1}))  # every CPU a slot
+    assert not runner._spare_cpu(spec(resources={"cpu": 0.5}))
+    assert not runner._spare_cpu(spec(resources={"cpu": 1, "gpu": 1}))  # GPU: Ray's default
 
 
 def _ray_workers(pid: int) -> list[str]:
@@ -68,7 +75,7 @@ _START = textwrap.dedent("""
     import os
     import time
     from study import runner
-    runner._init_ray(prestart={prestart})
+    runner._init_ray(prestart={prestart}, spare_cpu={spare})
     import ray, psutil
     from tests.test_lifecycle import _ray_workers
     time.sleep(4)  # the raylet pre-starts its workers once the driver is connected
@@ -86,7 +93,9 @@ _START = textwrap.dedent("""
 @pytest.mark.parametrize("prestart", [1, None])
 def test_local_instance_prestarts_per_slot_lean_and_unniced(prestart, workdir):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run([sys.executable, "-c", _START.format(prestart=prestart)],
+    # one slot of one CPU leaves a CPU free here (test_slots_come_from_the_spec)
+    start = _START.format(prestart=prestart, spare=prestart == 1)
+    out = subprocess.run([sys.executable, "-c", start],
                          capture_output=True, text=True, timeout=120, env=env,
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.returncode == 0, out.stderr[-3000:]
