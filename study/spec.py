@@ -86,7 +86,10 @@ class Knob:
                 raise ValueError
             value = int(value)
         else:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an int beyond a float's range
+                raise ValueError from None
             if not math.isfinite(value):
                 raise ValueError
         if self.low is not None and value < self.low:
@@ -370,11 +373,10 @@ class _Ctx:
                           "keys " + ", ".join(allowed_keys), "unknown key")
         return dict(value)
 
-    def integer(self, path: str, value: Any, also: str | None = None,
-                limit: str | None = None) -> int:
-        """An integer within LIMITS[limit or path]; `also`: a word also allowed, named in
-        the error (see `integer_or_auto`)."""
-        low, high = LIMITS[limit or path]
+    def integer(self, path: str, value: Any, also: str | None = None) -> int:
+        """An integer within LIMITS[path]; `also`: a word also allowed, named in the error
+        (see `integer_or_auto`)."""
+        low, high = LIMITS[path]
         allowed = (f"{also} or " if also else "") + \
             f"an integer from {_fmt(low)} to {_fmt(high)}"
         if isinstance(value, bool) or not isinstance(value, int):
@@ -665,7 +667,7 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     if not isinstance(by_list, list):
         c.fail("verdict.by", by_raw, "a searched knob or a list of them")
     for i, b in enumerate(by_list):
-        if b not in space:
+        if not isinstance(b, str) or b not in space:
             c.fail(f"verdict.by[{i}]" if isinstance(by_raw, list) else "verdict.by", b,
                    "a knob searched in `space` (it must vary to break the effect down): "
                    + (", ".join(space) or "none is searched"))

@@ -1,9 +1,10 @@
 """Reading a spec file's YAML with bounds: size, encoding, nesting, no aliases.
 
 PyYAML alone lets a few hundred bytes of anchors and aliases (a "billion laughs") expand
-to gigabytes, hangs on a FIFO, and raises tracebacks on undecodable bytes. Here every such
-input is refused with an :class:`UnsafeYaml` whose message says what is wrong and what is
-allowed (without the file name: the caller adds it). No torch, Ray, Optuna or MLflow.
+to gigabytes and raises tracebacks on undecodable bytes; a plain read of a FIFO hangs.
+Here every such input is refused with an :class:`UnsafeYaml` whose message says what is
+wrong and what is allowed (without the file name: the caller adds it). Explicit tags
+(`!!timestamp x` crashes PyYAML's constructor) are refused too. No torch, Ray, Optuna or MLflow.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class UnsafeYaml(ValueError):
 
 
 class _SpecLoader(yaml.SafeLoader):
-    """SafeLoader that refuses anchors and aliases as they are read (before anything is
-    expanded), bounds nesting, and reads YAML 1.2 floats such as 1e-3 as numbers."""
+    """SafeLoader that refuses anchors, aliases and explicit tags as they are read (before
+    anything is expanded or constructed), bounds nesting, and reads YAML 1.2 floats such as
+    1e-3 as numbers."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
@@ -43,6 +45,12 @@ class _SpecLoader(yaml.SafeLoader):
                 f"{mark.column + 1}. Allowed: plain values only (no &anchors, *aliases or "
                 "<<: merges; they can expand a small file into gigabytes): write each value "
                 "out")
+        if getattr(event, "tag", None) not in (None, "!"):
+            mark = event.start_mark
+            raise UnsafeYaml(
+                f"YAML tag `{event.tag}` at line {mark.line + 1}, column {mark.column + 1}. "
+                "Allowed: plain values only (no !!tags: write the value, quoted if it must "
+                "stay text)")
         self.nesting += 1
         if self.nesting > MAX_NESTING:
             mark = event.start_mark

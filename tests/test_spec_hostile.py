@@ -98,6 +98,10 @@ def test_billion_laughs_in_an_override_is_never_expanded(tmp_path):
     ("repeats: " + "9" * 5000 + "\n", "not a usable value"),
     ("name: [unclosed\n", "not valid YAML at line 2"),
     ("name: \x1b[2J\n", "not valid YAML"),
+    ("repeats: !!timestamp 3\n", "YAML tag `tag:yaml.org,2002:timestamp`"),
+    ("question: !!binary aGVsbG8=\n", "YAML tag"),
+    ("name: !!python/object:os.system x\n", "YAML tag"),
+    ("search: !!set {a, b}\n", "YAML tag"),
 ])
 def test_oversized_deep_or_broken_yaml_refused(tmp_path, text, what):
     msg = refused(spec_file(tmp_path, text))
@@ -117,6 +121,7 @@ HUGE = 10**9
     ({"train": {"epochs": HUGE}}, "train.epochs", "an integer from 1 to 10000"),
     ({"train": {"batch_size": HUGE}}, "train.batch_size", "an integer from 1 to 65536"),
     ({"train": {"weight_decay": 5.0}}, "train.weight_decay", "a number from 0 to 1"),
+    ({"train": {"lr": 10**400}}, "train.lr", "a number from 0 to 10"),
     ({"space": {"depth": {"int": [1, HUGE]}}}, "space.depth.int[1]", "from 1 to 2048"),
     ({"space": {"lr": {"log": [1e-5, 1e9]}}}, "space.lr.log[1]", "a number from 0 to 10"),
     ({"space": {"depth": {"int": [1, 3], "step": HUGE}}}, "space.depth.step", "<= 2048"),
@@ -262,6 +267,16 @@ def test_names_with_control_characters_or_trailing_space_refused(name):
 def test_free_text_and_paths_with_control_characters_refused(field, value):
     msg = str(pytest.raises(SpecError, parse_spec, tiny_spec(**{field: value})).value)
     assert f"field `{field}" in msg and "\x1b" not in msg and "\r" not in msg
+
+
+@pytest.mark.parametrize("field, value", [
+    ("verdict", {"by": [[1, 2]]}), ("verdict", {"by": {"a": 1}}), ("train", {"lr": [0.1]}),
+    ("space", {"depth": {"int": [1, 3], "when": {"bias": [[True]]}}}),
+    ("search", {"seed": float("nan")}), ("resources", {"cpu": float("inf")}),
+])
+def test_values_of_the_wrong_shape_are_spec_errors(field, value):
+    msg = str(pytest.raises(SpecError, parse_spec, tiny_spec(**{field: value})).value)
+    assert f"field `{field}" in msg and "Allowed: " in msg
 
 
 def test_question_keeps_newlines_and_tabs():
