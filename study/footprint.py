@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import math
 import zipfile
+import zlib
 from pathlib import Path
 
 __all__ = ["BYTES_PER_VALUE", "MAX_ACTIVATION_BYTES", "MAX_PARAMS", "activation_values",
@@ -78,7 +79,8 @@ def file_input_shape(name: str, path: str) -> tuple[int, int, int] | None:
             return _npz_shape(Path(path))
         if name == "idx":
             return _idx_shape(Path(path))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, NotImplementedError, zipfile.BadZipFile,
+            zlib.error):  # unreadable, corrupt, or a compression zipfile lacks
         return None
     return None
 
