@@ -11,11 +11,14 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from study.spec import SpecError, load_spec
+from study.terminal import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`--set key=value` pairs -> {key: value}; the values stay text, read as YAML scalars
+    (1e-3 a number, true a boolean) by study.spec.apply_overrides."""
     out: dict[str, Any] = {}
     for p in pairs:
         key, sep, value = p.partition("=")
@@ -66,8 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             for path in args.spec:
                 spec = load_spec(path, overrides=_overrides(args.overrides))
-                print(spec.summary())
-                print(f"OK: {path}")
+                print(printable(spec.summary()))
+                print(f"OK: {printable(path)}")
             return EXIT_OK
         if args.command == "run":
             return _run(args)
@@ -76,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "resume":
             return _run(args)
     except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _err(f"error: {e}")
         return EXIT_BAD_INPUT
     return EXIT_FAILED  # pragma: no cover - argparse guarantees a command
 
@@ -123,7 +126,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A line for the user on stderr; control characters from user strings made visible."""
+    print(printable(msg), file=sys.stderr, flush=True)
 
 
 def summary(result: Any) -> str:

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from study import footprint, spec_yaml
+from study.terminal import printable
 
 __all__ = [
     "KNOBS",
+    "LIMITS",
     "DatasetSpec",
     "Dist",
     "Knob",
@@ -49,7 +51,7 @@ class Knob:
     default: Any
     doc: str
     choices: tuple[str, ...] | None = None
-    low: float | None = None  # inclusive lower bound
+    low: float | None = None  # inclusive lower bound (every int and float knob has both)
     high: float | None = None  # upper bound
     high_inclusive: bool = True
 
@@ -60,8 +62,9 @@ class Knob:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         what = {int: "an integer", float: "a number"}[self.kind]
         if self.low is not None and self.high is not None:
-            close = "]" if self.high_inclusive else ")"
-            return f"{what} in [{_fmt(self.low)}, {_fmt(self.high)}{close}"
+            if self.high_inclusive:
+                return f"{what} from {_fmt(self.low)} to {_fmt(self.high)}"
+            return f"{what} >= {_fmt(self.low)} and < {_fmt(self.high)}"
         if self.low is not None:
             return f"{what} >= {_fmt(self.low)}"
         return f"{what}" + (" (finite)" if self.kind is float else "")
@@ -83,7 +86,10 @@ class Knob:
                 raise ValueError
             value = int(value)
         else:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an int beyond a float's range
+                raise ValueError from None
             if not math.isfinite(value):
                 raise ValueError
         if self.low is not None and value < self.low:
@@ -99,31 +105,46 @@ def _knobs(*knobs: Knob) -> dict[str, Knob]:
     return {k.name: k for k in knobs}
 
 
+# Upper bounds are far past any study of the folklore and stop a typo (10^9) early; what a
+# model of legal depth and width needs is checked separately (study.footprint).
 KNOBS: dict[str, Knob] = _knobs(
     # --- model: the `cnn` family ---
-    Knob("depth", "model", int, 4, "number of 3x3 conv layers", low=1),
-    Knob("width", "model", int, 16, "channels of every conv layer", low=1),
+    # 2048 covers ResNet-1202 (He et al. 2016)
+    Knob("depth", "model", int, 4, "number of 3x3 conv layers", low=1, high=2048),
+    # 4096: 6x the widest Wide ResNet stage (640 channels)
+    Knob("width", "model", int, 16, "channels of every conv layer", low=1, high=4096),
     Knob("bias", "model", bool, True, "conv layers have a bias"),
-    Knob("bias_init", "model", float, 0.0, "constant the conv biases start at"),
+    # the folklore's constants are 0 to 1; past +-100 every ReLU starts saturated or dead
+    Knob("bias_init", "model", float, 0.0, "constant the conv biases start at", low=-100.0,
+         high=100.0),
     Knob("norm", "model", str, "none", "normalization after each conv", choices=("none", "batch")),
     Knob("residual", "model", bool, False, "identity shortcut around each conv after the first"),
     Knob("branch_init", "model", str, "default", "residual branch scale at init: 'zero' is a "
          "learnable gain starting at 0 (SkipInit)", choices=("default", "zero")),
     Knob("init", "model", str, "kaiming", "weight init", choices=("kaiming", "xavier", "default")),
     Knob("pool", "model", str, "max", "2x2 downsampling between stages", choices=("max", "avg")),
+    # 64: CNN heads have 0 to 2 hidden layers (VGG: 2)
     Knob("fc_layers", "model", int, 0, "hidden fully connected layers before the classifier",
-         low=0),
-    Knob("fc_width", "model", int, 64, "units of each hidden fully connected layer", low=1),
+         low=0, high=64),
+    # 65536: 16x VGG's 4096-unit layers
+    Knob("fc_width", "model", int, 64, "units of each hidden fully connected layer", low=1,
+         high=65536),
     Knob("fc_bias", "model", bool, True, "fully connected layers have a bias"),
-    Knob("fc_bias_init", "model", float, 0.0, "constant the fully connected biases start at"),
+    # as bias_init
+    Knob("fc_bias_init", "model", float, 0.0, "constant the fully connected biases start at",
+         low=-100.0, high=100.0),
     # --- train ---
-    Knob("epochs", "train", int, 10, "passes over the training split", low=1),
-    Knob("batch_size", "train", int, 64, "examples per step", low=1),
+    # 10000: 50x a long CIFAR-10 schedule (200 epochs)
+    Knob("epochs", "train", int, 10, "passes over the training split", low=1, high=10_000),
+    # 65536: the largest batches in the literature (large-batch ImageNet, 64k)
+    Knob("batch_size", "train", int, 64, "examples per step", low=1, high=65536),
     Knob("optimizer", "train", str, "sgd", "optimizer", choices=("sgd", "adam")),
-    Knob("lr", "train", float, 0.02, "learning rate", low=0.0),
+    # 10: SGD with BatchNorm trains up to about 1; Adam diverges far below 10
+    Knob("lr", "train", float, 0.02, "learning rate", low=0.0, high=10.0),
     Knob("momentum", "train", float, 0.9, "SGD momentum (Adam: beta1)", low=0.0, high=1.0,
          high_inclusive=False),
-    Knob("weight_decay", "train", float, 0.0, "L2 weight decay", low=0.0),
+    # 1: usual values are 1e-4 to 5e-4; at 1 the decay outweighs any gradient
+    Knob("weight_decay", "train", float, 0.0, "L2 weight decay", low=0.0, high=1.0),
     Knob("precision", "train", str, "fp32", "autocast precision of the forward pass",
          choices=("fp32", "bf16", "fp16")),
 )
@@ -140,7 +161,38 @@ METRICS = {
     "val_loss": "min",
 }
 SAMPLERS = ("tpe", "random", "qmc")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # with fullmatch: no "\n" at the end
+
+# Bounds of every other count and number: field -> (low, high), inclusive. Each high is far
+# past what a study needs and stops a typo (or 10^9) before it becomes hours or gigabytes.
+LIMITS: dict[str, tuple[float, float]] = {
+    "repeats": (1, 1000),  # seeds per level: a CI's width shrinks as 1/sqrt(n)
+    "search.trials": (1, 10_000),  # configurations; TPE's ask takes seconds long before
+    "search.seed": (0, 2**31 - 1),  # run seeds seed + repeat stay in numpy's 32-bit range
+    "search.startup_trials": (1, 10_000),  # as trials
+    "search.pending": (1, 1024),  # proposals in flight: more than any cluster's slots
+    "search.grace_period": (1, 10_000),  # epochs, as train.epochs
+    "search.reduction_factor": (2, 100),  # ASHA keeps 1/factor per rung; 100 keeps ~none
+    "dataset.split_seed": (0, 2**32 - 1),  # numpy's seed range
+    "dataset.limit": (10, 100_000_000),  # training examples kept: more than any dataset here
+    "dataset.samples": (20, 1_000_000),  # synthetic examples, generated in memory
+    "dataset.image_size": (1, 1024),  # synthetic side in pixels: ImageNet scale and beyond
+    "dataset.channels": (1, 64),  # synthetic channels: images have 1 to 4
+    "dataset.classes": (2, 1000),  # synthetic classes: ImageNet has 1000
+    "execution.concurrency": (1, 1024),  # runs at once: more than any cluster's slots
+    "execution.retries": (0, 100),  # a run failing 100 times has a bug, not bad luck
+    "execution.checkpoint_every": (0, 10_000),  # epochs, as train.epochs
+    "execution.runs_per_trial": (1, 10_000),  # runs of one Tune trial, as search.trials
+    "verdict.equivalence_margin": (0, 100),  # in the metric's units; losses are < 100
+    "verdict.alpha": (0, 0.5),  # 0.5: a test that is wrong half the time says nothing
+    "resources.cpu": (0, 1024),  # CPUs per run: more than one machine has
+    "resources.gpu": (0, 64),  # GPUs per run: more than one machine has
+    "levels": (2, 64),  # compared levels: each configuration runs every one
+    "choices": (1, 1000),  # values of one `choice`
+    "runs": (1, 100_000),  # trials x levels x repeats: beyond, split the study
+    "synthetic_values": (1, 100_000_000),  # samples x channels x image_size^2 (0.8 GB)
+    "question": (1, 2000),  # characters: a question, not a document
+}
 
 
 def _fmt(v: Any) -> str:
@@ -261,6 +313,7 @@ class StudySpec:
         return self.trials * self.runs_per_config
 
     def summary(self) -> str:
+        """What the study runs, in a few lines, safe to print on a terminal."""
         lines = [
             f"study {self.name!r} ({self.source})",
             f"  question: {self.question}",
@@ -289,7 +342,8 @@ class StudySpec:
             lines.append(f"  verdict:  {self.verdict_metric}, equivalence margin "
                          f"±{_fmt(self.margin)}, alpha {_fmt(self.alpha)}{by}")
         lines.append(f"  per run:  {_fmt(self.cpu)} cpu, {_fmt(self.gpu)} gpu")
-        return "\n".join(lines)
+        # the question, file and dataset path are the user's: shown, never obeyed
+        return printable("\n".join(lines))
 
 
 # --------------------------------------------------------------------------------------
@@ -319,24 +373,27 @@ class _Ctx:
                           "keys " + ", ".join(allowed_keys), "unknown key")
         return dict(value)
 
-    def integer(self, path: str, value: Any, low: int | None = None,
-                also: str | None = None) -> int:
-        """An integer (>= `low`); `also`: a word also allowed, named in the error (see
-        `integer_or_auto`)."""
-        allowed = (f"{also} or " if also else "") + "an integer" + (
-            f" >= {low}" if low is not None else "")
+    def integer(self, path: str, value: Any, also: str | None = None) -> int:
+        """An integer within LIMITS[path]; `also`: a word also allowed, named in the error
+        (see `integer_or_auto`)."""
+        low, high = LIMITS[path]
+        allowed = (f"{also} or " if also else "") + \
+            f"an integer from {_fmt(low)} to {_fmt(high)}"
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(path, value, allowed, "expected an integer")
-        if low is not None and value < low:
-            self.fail(path, value, allowed)
+        if not low <= value <= high:
+            self.fail(path, value, allowed, "out of range")
         return value
 
-    def integer_or_auto(self, path: str, value: Any, low: int) -> int | None:
-        """`auto` (None: the runner chooses) or an integer >= `low`."""
-        return None if value == "auto" else self.integer(path, value, low, also="auto")
+    def integer_or_auto(self, path: str, value: Any) -> int | None:
+        """`auto` (None: the runner chooses) or an integer within LIMITS[path]."""
+        return None if value == "auto" else self.integer(path, value, also="auto")
 
     def number(self, path: str, value: Any, low: float | None = None,
                high: float | None = None, low_open: bool = False) -> float:
+        """A finite number within [low, high] (or LIMITS[path] when not given)."""
+        if low is None and high is None and path in LIMITS:
+            low, high = LIMITS[path]
         desc = "a number"
         if low is not None:
             desc += f" {'>' if low_open else '>='} {_fmt(low)}"
@@ -344,20 +401,43 @@ class _Ctx:
             desc += f" and <= {_fmt(high)}"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(path, value, desc, "expected a number")
-        v = float(value)
+        try:
+            v = float(value)
+        except OverflowError:  # an int beyond a float's range
+            v = math.inf
         bad = not math.isfinite(v)
         bad = bad or (low is not None and (v < low or (low_open and v == low)))
         bad = bad or (high is not None and v > high)
         if bad:
-            self.fail(path, value, desc)
+            self.fail(path, value, desc, "out of range")
         return v
 
     def string(self, path: str, value: Any, choices: Sequence[str] | None = None) -> str:
+        """One of `choices`, or (without) a one-line string: no control characters, no
+        space at either end (names, paths, URLs)."""
         allowed = "one of " + ", ".join(repr(c) for c in choices) if choices else "a string"
         if not isinstance(value, str) or not value.strip():
             self.fail(path, value, allowed, "expected a non-empty string")
         if choices is not None and value not in choices:
             self.fail(path, value, allowed)
+        if choices is None and (printable(value) != value or value != value.strip()
+                                or "\n" in value or "\t" in value):
+            self.fail(path, value, "one line without control characters and without "
+                      "spaces at either end", "unsafe characters")
+        return value
+
+    def text(self, path: str, value: Any) -> str:
+        """Free text (a question): newlines and tabs allowed, other control characters
+        not; surrounding space removed; at most LIMITS[path] characters."""
+        if not isinstance(value, str) or not value.strip():
+            self.fail(path, value, "a string", "expected a non-empty string")
+        value = value.strip()
+        if printable(value) != value:
+            self.fail(path, value, "text without control characters (newlines and tabs "
+                      "are fine)", "unsafe characters")
+        _, high = LIMITS[path]
+        if len(value) > high:
+            self.fail(path, value, f"at most {_fmt(high)} characters", "too long")
         return value
 
     def knob_value(self, path: str, knob: Knob, value: Any) -> Any:
@@ -369,6 +449,8 @@ class _Ctx:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, int) and value.bit_length() > 1000:  # repr fails past 4300 digits
+        return f"an integer of about {int(value.bit_length() * math.log10(2))} digits"
     s = repr(value)
     return s if len(s) <= 80 else s[:77] + "..."
 
@@ -390,16 +472,24 @@ def load_spec(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None 
     Raises:
         SpecError: naming the file, field, value and what is allowed.
     """
-    p = Path(path)
-    source = str(path)
-    if not p.is_file():
-        raise SpecError(f"{source}: no such spec file. Bundled specs: "
-                        + ", ".join(sorted(str(s) for s in _bundled_specs())) + ".")
+    source = os.fsdecode(path)
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError(f"{source}: not valid YAML: {e}") from None
+        raw = spec_yaml.parse(spec_yaml.read_bounded(path))
+    except FileNotFoundError:
+        raise SpecError(f"{source}: no such spec file. Bundled specs: "
+                        + ", ".join(sorted(str(s) for s in _bundled_specs())) + ".") from None
+    except spec_yaml.UnsafeYaml as e:
+        raise SpecError(f"{source}: {e}.") from None
     return parse_spec(raw, source=source, overrides=overrides)
+
+
+def load_yaml_text(text: str | bytes, source: str) -> Any:
+    """A YAML document read with the spec file's bounds (no aliases, 1 MiB, nesting), for
+    spec text that comes from elsewhere (a store); SpecError naming `source` if refused."""
+    try:
+        return spec_yaml.parse(text)
+    except spec_yaml.UnsafeYaml as e:
+        raise SpecError(f"{source}: {e}.") from None
 
 
 def _bundled_specs() -> list[Path]:
@@ -412,9 +502,10 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any], source
     """Return a copy of `raw` with dotted-key overrides applied (values as YAML scalars)."""
     out: dict[str, Any] = _deepcopy(raw)
     for dotted, value in overrides.items():
-        if isinstance(value, str):
-            with contextlib.suppress(yaml.YAMLError):
-                value = yaml.safe_load(value) if value != "" else value
+        if isinstance(value, str) and value != "":
+            # as in a spec file (1e-3 is a number); text that is not YAML stays a string
+            with contextlib.suppress(spec_yaml.UnsafeYaml):
+                value = spec_yaml.parse(value)
         keys = [k for k in str(dotted).split(".")]
         if not all(keys):
             raise SpecError(f"{source}: override `{dotted}`: empty key in the dotted path.")
@@ -467,10 +558,10 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
             c.fail(required, None, "a non-empty string", "missing required field")
 
     name = c.string("name", top["name"])
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         c.fail("name", name, "letters, digits, '.', '_' and '-', starting with a letter or "
                "digit, at most 100 characters")
-    question = c.string("question", top["question"])
+    question = c.text("question", top["question"])
     dataset = _parse_dataset(c, top.get("dataset", "digits"), check_paths)
 
     # model: `cnn` or {name: cnn, <fixed model knobs>}
@@ -505,8 +596,9 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
                    "e.g. {bias: [true, false]}")
         compare_knob, levels = next(iter(comp_map.items()))
         path = f"compare.{compare_knob}"
-        if not isinstance(levels, list) or len(levels) < 2:
-            c.fail(path, levels, "a list of at least two distinct levels")
+        lo_n, hi_n = LIMITS["levels"]
+        if not isinstance(levels, list) or not lo_n <= len(levels) <= hi_n:
+            c.fail(path, levels, f"a list of {_fmt(lo_n)} to {_fmt(hi_n)} distinct levels")
         checked = [c.knob_value(f"{path}[{i}]", KNOBS[compare_knob], v)
                    for i, v in enumerate(levels)]
         if len(set(map(repr, checked))) != len(checked):
@@ -523,20 +615,19 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     if compare_knob:
         fixed.pop(compare_knob, None)
 
-    repeats = c.integer("repeats", top.get("repeats", 1), low=1)
+    repeats = c.integer("repeats", top.get("repeats", 1))
 
     search = c.mapping("search", top.get("search"),
                        ["sampler", "trials", "seed", "startup_trials", "pending", "scheduler",
                         "grace_period", "reduction_factor"])
     sampler = c.string("search.sampler", search.get("sampler", "tpe"), SAMPLERS)
-    trials = c.integer("search.trials", search.get("trials", 8 if space else 1), low=1)
-    seed = c.integer("search.seed", search.get("seed", 0), low=0)
-    startup_trials = c.integer("search.startup_trials", search.get("startup_trials", 10), 1)
-    pending = c.integer("search.pending", search.get("pending", 4), low=1)
+    trials = c.integer("search.trials", search.get("trials", 8 if space else 1))
+    seed = c.integer("search.seed", search.get("seed", 0))
+    startup_trials = c.integer("search.startup_trials", search.get("startup_trials", 10))
+    pending = c.integer("search.pending", search.get("pending", 4))
     scheduler = c.string("search.scheduler", search.get("scheduler", "fifo"), ["fifo", "asha"])
-    grace_period = c.integer("search.grace_period", search.get("grace_period", 1), low=1)
-    reduction_factor = c.integer("search.reduction_factor",
-                                 search.get("reduction_factor", 3), low=2)
+    grace_period = c.integer("search.grace_period", search.get("grace_period", 1))
+    reduction_factor = c.integer("search.reduction_factor", search.get("reduction_factor", 3))
     if scheduler == "fifo":
         for k in ("grace_period", "reduction_factor"):
             if k in search:
@@ -545,6 +636,13 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     if not space and trials > 1:
         c.fail("search.trials", trials, "1 when `space` is empty (nothing to search: "
                "use `repeats` for more seeds)")
+    runs = trials * (len(compare_levels) or 1) * repeats
+    if runs > LIMITS["runs"][1]:
+        c.fail("search.trials", trials, f"trials x levels x repeats at most "
+               f"{_fmt(LIMITS['runs'][1])} (here {trials} x {len(compare_levels) or 1} x "
+               f"{repeats} = {runs}): split the study", "too many runs")
+    _check_footprint(c, _Candidates(fixed, fixed_from, space, compare_knob, compare_levels),
+                     dataset, check_paths)
 
     metric_raw = top.get("metric", "val_accuracy")
     if isinstance(metric_raw, str):
@@ -563,22 +661,22 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     verdict_mode = c.string("verdict.mode", vd.get("mode", METRICS[verdict_metric]),
                             ["max", "min"])
     margin = c.number("verdict.equivalence_margin", vd.get("equivalence_margin", 0.005),
-                      low=0.0, low_open=True)
+                      *LIMITS["verdict.equivalence_margin"], low_open=True)
     by_raw = vd.get("by", [])
     by_list = [by_raw] if isinstance(by_raw, str) else by_raw
     if not isinstance(by_list, list):
         c.fail("verdict.by", by_raw, "a searched knob or a list of them")
     for i, b in enumerate(by_list):
-        if b not in space:
+        if not isinstance(b, str) or b not in space:
             c.fail(f"verdict.by[{i}]" if isinstance(by_raw, list) else "verdict.by", b,
                    "a knob searched in `space` (it must vary to break the effect down): "
                    + (", ".join(space) or "none is searched"))
-    alpha = c.number("verdict.alpha", vd.get("alpha", 0.05), low=0.0, high=0.5,
+    alpha = c.number("verdict.alpha", vd.get("alpha", 0.05), *LIMITS["verdict.alpha"],
                      low_open=True)
 
     res = c.mapping("resources", top.get("resources"), ["cpu", "gpu"])
-    cpu = c.number("resources.cpu", res.get("cpu", 1), low=0.0, low_open=True)
-    gpu = c.number("resources.gpu", res.get("gpu", 0), low=0.0)
+    cpu = c.number("resources.cpu", res.get("cpu", 1), *LIMITS["resources.cpu"], low_open=True)
+    gpu = c.number("resources.gpu", res.get("gpu", 0))
     if gpu > 1 and not gpu.is_integer():
         c.fail("resources.gpu", res.get("gpu"), "a fraction in (0, 1] or a whole number of "
                "GPUs")
@@ -586,12 +684,12 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     ex = c.mapping("execution", top.get("execution"),
                    ["concurrency", "retries", "checkpoint_every", "runs_per_trial"])
     conc_raw = ex.get("concurrency")
-    concurrency = None if conc_raw is None else c.integer("execution.concurrency", conc_raw, 1)
-    retries = c.integer("execution.retries", ex.get("retries", 2), low=0)
+    concurrency = None if conc_raw is None else c.integer("execution.concurrency", conc_raw)
+    retries = c.integer("execution.retries", ex.get("retries", 2))
     checkpoint_every = c.integer_or_auto("execution.checkpoint_every",
-                                         ex.get("checkpoint_every", "auto"), low=0)
+                                         ex.get("checkpoint_every", "auto"))
     runs_per_trial = c.integer_or_auto("execution.runs_per_trial",
-                                       ex.get("runs_per_trial", "auto"), low=1)
+                                       ex.get("runs_per_trial", "auto"))
     if fuse == "on" and fixed.get("precision") == "fp16":
         c.fail("train.fuse", "on", "auto or off with `train.precision: fp16` (one loss "
                "scaler cannot serve several fused models); or precision fp32/bf16")
@@ -641,6 +739,90 @@ def _absolute_sqlite(url: str) -> str:
     return url
 
 
+@dataclass(frozen=True)
+class _Candidates:
+    """Every value a knob can take in a study, and where the spec sets it."""
+
+    fixed: Mapping[str, Any]
+    fixed_from: Mapping[str, str]
+    space: Mapping[str, Dist]
+    compare_knob: str | None
+    compare_levels: tuple[Any, ...]
+
+    def values(self, k: str) -> tuple[Any, ...]:
+        if k == self.compare_knob:
+            return self.compare_levels
+        d = self.space.get(k)
+        if d is None:
+            return (self.fixed[k],)
+        # a conditional knob whose condition fails takes its default
+        default = (KNOBS[k].default,) if d.when else ()
+        if d.kind == "choice":
+            return d.choices + default
+        if d.kind == "int":
+            return tuple(range(int(d.low), int(d.high) + 1)) + default
+        return (d.low, d.high) + default
+
+    def where(self, k: str) -> str:
+        if k == self.compare_knob:
+            return f"compare.{k}"
+        if k in self.space:
+            return f"space.{k}"
+        return self.fixed_from.get(k, "default")
+
+
+def _input_shape(ds: DatasetSpec, check_paths: bool) -> tuple[tuple[int, int, int] | None, int]:
+    """(channels, height, width) of the dataset's images (None: unknown here), classes."""
+    if ds.name == "synthetic":
+        return (ds.channels, ds.image_size, ds.image_size), ds.classes
+    known = {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}
+    if ds.name in known:
+        return known[ds.name], 10
+    shape = footprint.file_input_shape(ds.name, ds.path) if check_paths and ds.path else None
+    return shape, 10  # file datasets: the classes are in the labels; 10 for the estimate
+
+
+def _check_footprint(c: _Ctx, cand: _Candidates, ds: DatasetSpec, check_paths: bool) -> None:
+    """Refuse a study whose largest model (over every value each knob can take) has more
+    than footprint.MAX_PARAMS parameters or keeps more than MAX_ACTIVATION_BYTES per run."""
+    shape, classes = _input_shape(ds, check_paths)
+    top = {k: max(cand.values(k)) for k in ("width", "fc_layers", "fc_width", "batch_size")}
+    flags = {"norm": "batch" in cand.values("norm"), "residual": any(cand.values("residual")),
+             "zero_gain": "zero" in cand.values("branch_init")}
+    depths = sorted(set(cand.values("depth")))
+    params = footprint.param_count(
+        in_channels=shape[0] if shape else 3, classes=classes, depth=depths[-1],
+        width=top["width"], bias=any(cand.values("bias")),
+        norm="batch" if flags["norm"] else "none", residual=flags["residual"],
+        zero_gain=flags["zero_gain"], fc_layers=top["fc_layers"], fc_width=top["fc_width"],
+        fc_bias=any(cand.values("fc_bias")))
+    at = ", ".join(f"{k} {_fmt(v)} ({cand.where(k)})" for k, v in
+                   [("depth", depths[-1]), *((k, top[k]) for k in ("width", "fc_layers",
+                                                                   "fc_width"))])
+    if params > footprint.MAX_PARAMS:
+        raise SpecError(f"{c.source}: field `{cand.where('width')}`: model too large: up to "
+                        f"{params:.2g} parameters at {at}. Allowed: at most "
+                        f"{footprint.MAX_PARAMS:.0e} parameters per model (lower depth, "
+                        "width or fc_width).")
+    if shape is None:
+        return
+    per_example = max(footprint.activation_values(
+        in_channels=shape[0], height=shape[1], width_px=shape[2], depth=d,
+        width=top["width"], norm="batch" if flags["norm"] else "none",
+        residual=flags["residual"], zero_gain=flags["zero_gain"],
+        fc_layers=top["fc_layers"], fc_width=top["fc_width"], classes=classes)
+        for d in depths)
+    act = per_example * top["batch_size"] * footprint.BYTES_PER_VALUE
+    if act > footprint.MAX_ACTIVATION_BYTES:
+        gib = 2**30
+        raise SpecError(
+            f"{c.source}: field `{cand.where('batch_size')}`: activations too large: up to "
+            f"{act / gib:.3g} GiB per run at batch_size {top['batch_size']} "
+            f"({cand.where('batch_size')}), {at}, {shape[1]}x{shape[2]} inputs. Allowed: "
+            f"at most {footprint.MAX_ACTIVATION_BYTES / gib:.0f} GiB per run (lower "
+            "batch_size, width or depth).")
+
+
 _DATASET_KEYS = ("name", "path", "val_fraction", "test_fraction", "split_seed", "limit",
                  "samples", "image_size", "channels", "classes")
 
@@ -676,19 +858,27 @@ def _parse_dataset(c: _Ctx, value: Any, check_paths: bool = True) -> DatasetSpec
         if problem:
             c.fail("dataset.path", path, problem, "unusable dataset path")
     limit = d.get("limit")
-    return DatasetSpec(
+    spec = DatasetSpec(
         name=name,
         path=path,
         val_fraction=c.number("dataset.val_fraction", d.get("val_fraction", 0.1), 0.0, 0.9),
         test_fraction=c.number("dataset.test_fraction", d.get("test_fraction", 0.2),
                                0.0, 0.9, low_open=True),
-        split_seed=c.integer("dataset.split_seed", d.get("split_seed", 0), low=0),
-        limit=None if limit is None else c.integer("dataset.limit", limit, low=10),
-        samples=c.integer("dataset.samples", d.get("samples", 600), low=20),
-        image_size=c.integer("dataset.image_size", d.get("image_size", 8), low=1),
-        channels=c.integer("dataset.channels", d.get("channels", 1), low=1),
-        classes=c.integer("dataset.classes", d.get("classes", 10), low=2),
+        split_seed=c.integer("dataset.split_seed", d.get("split_seed", 0)),
+        limit=None if limit is None else c.integer("dataset.limit", limit),
+        samples=c.integer("dataset.samples", d.get("samples", 600)),
+        image_size=c.integer("dataset.image_size", d.get("image_size", 8)),
+        channels=c.integer("dataset.channels", d.get("channels", 1)),
+        classes=c.integer("dataset.classes", d.get("classes", 10)),
     )
+    if spec.name == "synthetic":
+        values = spec.samples * spec.channels * spec.image_size ** 2
+        _, most = LIMITS["synthetic_values"]
+        if values > most:
+            c.fail("dataset.samples", spec.samples, f"samples x channels x image_size^2 at "
+                   f"most {most:.0e} (synthetic data is generated in memory; here "
+                   f"{values:.2g})", "too much synthetic data")
+    return spec
 
 
 def _parse_space(c: _Ctx, value: Any, fixed_from: Mapping[str, str],
@@ -716,6 +906,9 @@ def _parse_space(c: _Ctx, value: Any, fixed_from: Mapping[str, str],
             if not isinstance(ch, list) or not ch:
                 c.fail(f"{path}.choice", ch, f"a non-empty list of values; {k} takes "
                        f"{knob.allowed()}", "empty or not a list")
+            if len(ch) > LIMITS["choices"][1]:
+                c.fail(f"{path}.choice", ch, f"at most {_fmt(LIMITS['choices'][1])} values",
+                       "too many values")
             vals = tuple(c.knob_value(f"{path}.choice[{i}]", knob, v) for i, v in enumerate(ch))
             if len(set(map(repr, vals))) != len(vals):
                 c.fail(f"{path}.choice", ch, "distinct values (a value is repeated)")
@@ -747,7 +940,7 @@ def _parse_space(c: _Ctx, value: Any, fixed_from: Mapping[str, str],
                    "a float range for an integer knob")
         step = m.get("step")
         if step is not None:
-            step = c.number(f"{path}.step", step, low=0.0, low_open=True)
+            step = c.number(f"{path}.step", step, low=0.0, high=knob.high, low_open=True)
             if log:
                 c.fail(f"{path}.step", step, "no step with a log range", "conflict")
             if kind == "int" and not float(step).is_integer():

@@ -1,0 +1,112 @@
+"""What one `cnn` run needs, computed from the knobs alone: parameters and activations.
+
+The spec stage uses this to refuse a model that cannot fit before any run starts, so it
+imports no torch; the formulas follow study/models.py (a test checks them against the real
+model). Input shapes of file datasets are read from the files' headers, not their data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import zipfile
+import zlib
+from pathlib import Path
+
+__all__ = ["BYTES_PER_VALUE", "MAX_ACTIVATION_BYTES", "MAX_PARAMS", "activation_values",
+           "file_input_shape", "param_count", "pool_positions"]
+
+# 5e7 parameters: 200 MB of fp32 weights, 0.8 GB per run with gradients and Adam's two
+# moments; 250x the largest bundled model, on the order of a ResNet-50 (2.6e7).
+MAX_PARAMS = 50_000_000
+# 8 GiB of activations kept for the backward pass per run: a GPU share or a CPU worker's
+# memory; the bundled scale-up (CIFAR-10, depth 56, width 128, batch 64) needs about 2 GiB.
+MAX_ACTIVATION_BYTES = 8 * 2**30
+BYTES_PER_VALUE = 4  # fp32 (autocast to bf16/fp16 keeps some at 2: this is the bound)
+
+
+def pool_positions(depth: int, size: int) -> list[int]:
+    """Conv layers after which a 2x2 pool halves the map (the same as study.models)."""
+    n_down = max(0, min(depth - 1, int(math.floor(math.log2(max(size, 1)))) - 1))
+    return [round((s + 1) * depth / (n_down + 1)) - 1 for s in range(n_down)]
+
+
+def param_count(*, in_channels: int, classes: int, depth: int, width: int, bias: bool,
+                norm: str, residual: bool, zero_gain: bool, fc_layers: int, fc_width: int,
+                fc_bias: bool) -> int:
+    """Trainable parameters of the `cnn` model these knobs build."""
+    per_unit = 9 * width * width + (width if bias else 0) + (2 * width if norm == "batch"
+                                                             else 0)
+    first = 9 * in_channels * width + (width if bias else 0) + (2 * width if norm == "batch"
+                                                                else 0)
+    gains = (depth - 1) if residual and zero_gain else 0
+    fcs, fan_in = 0, width
+    for _ in range(fc_layers):
+        fcs += fan_in * fc_width + (fc_width if fc_bias else 0)
+        fan_in = fc_width
+    fcs += fan_in * classes + (classes if fc_bias else 0)
+    return first + (depth - 1) * per_unit + gains + fcs
+
+
+def activation_values(*, in_channels: int, height: int, width_px: int, depth: int,
+                      width: int, norm: str, residual: bool, zero_gain: bool,
+                      fc_layers: int, fc_width: int, classes: int) -> int:
+    """Values one example keeps for the backward pass (an estimate from above).
+
+    Per conv unit: the conv output, the norm output, the ReLU output and, with a shortcut,
+    the scaled branch and the sum; per pool its output; the input and the head."""
+    h, w = height, width_px
+    kept = 2 + (norm == "batch")  # conv, norm, ReLU outputs of every unit
+    shortcut = (1 + zero_gain) if residual else 0  # scaled branch and sum, units after the 1st
+    values, start = in_channels * h * w, 0
+    pools = pool_positions(depth, min(height, width_px))
+    for end in [p + 1 for p in pools] + [depth]:  # one stage per feature map size
+        units = end - start
+        values += (kept * units + shortcut * (units - (start == 0))) * width * h * w
+        if end < depth:  # a pool after the stage
+            h, w = h // 2, w // 2
+            values += width * h * w
+        start = end
+    return values + width + 2 * fc_layers * fc_width + classes
+
+
+def file_input_shape(name: str, path: str) -> tuple[int, int, int] | None:
+    """(channels, height, width) of a file dataset's training images, from the header of
+    its npz member or IDX file; None when the header cannot be read (the data stage then
+    reports the file)."""
+    try:
+        if name == "npz":
+            return _npz_shape(Path(path))
+        if name == "idx":
+            return _idx_shape(Path(path))
+    except (OSError, ValueError, KeyError, EOFError, NotImplementedError, zipfile.BadZipFile,
+            zlib.error):  # unreadable, corrupt, or a compression zipfile lacks
+        return None
+    return None
+
+
+def _npz_shape(path: Path) -> tuple[int, int, int] | None:
+    import numpy as np
+
+    with zipfile.ZipFile(path) as z, z.open("x_train.npy") as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else \
+            np.lib.format.read_array_header_2_0
+        shape = read(fh)[0]
+    if len(shape) == 3:
+        return 1, int(shape[1]), int(shape[2])
+    if len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+        return int(shape[3]), int(shape[1]), int(shape[2])  # (N, H, W, C), as the reader
+    if len(shape) == 4:
+        return int(shape[1]), int(shape[2]), int(shape[3])
+    return None
+
+
+def _idx_shape(folder: Path) -> tuple[int, int, int] | None:
+    stem = folder / "train-images-idx3-ubyte"
+    opener = (open, stem) if stem.is_file() else (gzip.open, stem.with_name(stem.name + ".gz"))
+    with opener[0](opener[1], "rb") as fh:
+        head = fh.read(16)
+    if len(head) < 16 or head[3] != 3:
+        return None
+    return 1, int.from_bytes(head[8:12], "big"), int.from_bytes(head[12:16], "big")
