@@ -26,7 +26,11 @@ BYTES_PER_VALUE = 4  # fp32 (autocast to bf16/fp16 keeps some at 2: this is the 
 
 
 def pool_positions(depth: int, size: int) -> list[int]:
-    """Conv layers after which a 2x2 pool halves the map (the same as study.models)."""
+    """Indices of the conv layers after which a 2x2 pool halves the feature map.
+
+    As many halvings as keep the map at least 2x2 (at most depth - 1), spread evenly over the
+    depth, never after the last layer: every depth >= 1 is valid on every input size.
+    """
     n_down = max(0, min(depth - 1, int(math.floor(math.log2(max(size, 1)))) - 1))
     return [round((s + 1) * depth / (n_down + 1)) - 1 for s in range(n_down)]
 

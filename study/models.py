@@ -18,18 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from study.footprint import pool_positions  # torch-free: the spec stage uses it too
+
 __all__ = ["CNN", "ModelStats", "build_model", "init_parameters", "model_stats",
            "pool_positions"]
-
-
-def pool_positions(depth: int, size: int) -> list[int]:
-    """Indices of the conv layers after which a 2x2 pool halves the feature map.
-
-    As many halvings as keep the map at least 2x2 (at most depth - 1), spread evenly over the
-    depth, never after the last layer: every depth >= 1 is valid on every input size.
-    """
-    n_down = max(0, min(depth - 1, int(math.floor(math.log2(max(size, 1)))) - 1))
-    return [round((s + 1) * depth / (n_down + 1)) - 1 for s in range(n_down)]
 
 
 class ConvUnit(nn.Module):

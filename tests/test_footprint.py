@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
 from study import footprint
-from study.models import CNN, pool_positions
+from study.models import CNN
 
 SHAPES = [
     # depth, width, norm, residual, branch_init, image size, fc_layers
@@ -60,7 +58,3 @@ def test_activation_estimate_bounds_what_autograd_keeps(shape):
         fc_width=12, classes=7)
     assert real <= est <= 2 * real, (real, est)
 
-
-def test_pool_positions_match_the_model():
-    for depth, size in itertools.product(range(1, 80), (1, 2, 3, 7, 8, 28, 32, 100, 512)):
-        assert footprint.pool_positions(depth, size) == pool_positions(depth, size)
