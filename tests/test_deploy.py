@@ -57,6 +57,7 @@ def resolve_compose_vars(text: str, env: dict[str, str]) -> str:
 def compose_service(name: str) -> dict:
     """One service of docker-compose.yml, ${...} resolved against this environment."""
     text = resolve_compose_vars((DOCKER / "docker-compose.yml").read_text(), dict(os.environ))
+    assert "${" not in text, "docker-compose.yml: a ${...} form this reader does not resolve"
     return yaml.safe_load(text)["services"][name]
 
 
@@ -70,9 +71,8 @@ def mlflow_server_command(options: dict[str, str]) -> tuple[list[str], dict[str,
     argv[0] = str(VENV_BIN / "mlflow")
     for flag, value in options.items():
         if flag in argv:
-            argv[argv.index(flag) + 1] = value
-        else:
-            argv += [flag, value]
+            del argv[argv.index(flag):argv.index(flag) + 2]
+        argv = [a for a in argv if not a.startswith(flag + "=")] + [flag, value]
     env = svc.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
@@ -115,11 +115,10 @@ class MlflowServer:
             self.proc.wait(timeout=30)
 
 
-def http_status(url: str, host: str, body: dict | None = None,
-                headers: dict[str, str] | None = None) -> int:
+def http_status(url: str, host: str, body: dict | None = None) -> int:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={
-        "Host": host, "Content-Type": "application/json", **(headers or {})})
+        "Host": host, "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status
@@ -167,18 +166,22 @@ def test_compose_file_is_valid_and_complete():
 
 def test_compose_mlflow_server_answers_the_ray_containers(tmp_path):
     """The MLflow service as compose starts it accepts the Host header the Ray containers send
-    (MLflow 3.17 answers 403 to others), its health check is a request that would see a 403,
-    and a Host it does not know is still refused."""
+    and a browser on the machine sends to its published port (MLflow 3.17 answers 403 to
+    others), its health check is a request that would see a 403, and a Host it does not know
+    is still refused."""
     host = urlsplit(compose_service("ray-head")["environment"]["MLFLOW_TRACKING_URI"]).netloc
-    check = compose_service("mlflow")["healthcheck"]["test"]
+    mlflow = compose_service("mlflow")
+    published = [p.rsplit(":", 1)[0] for p in mlflow["ports"]]  # "127.0.0.1:5000"
     server = MlflowServer(tmp_path)
     server.start()
     try:
         api = server.uri + "/api/2.0/mlflow"
-        assert http_status(api + "/experiments/search?max_results=1", host) == 200
+        for h in [host, *published]:
+            assert http_status(api + "/experiments/search?max_results=1", h) == 200, h
         assert http_status(api + "/experiments/create", host, {"name": "from-ray"}) == 200
         assert http_status(api + "/experiments/search?max_results=1", "evil.example:5000") == 403
         # compose's health check: curl's -H headers and URL, sent to this server
+        check = mlflow["healthcheck"]["test"]
         headers = dict(check[i + 1].split(": ", 1) for i, a in enumerate(check) if a == "-H")
         url = urlsplit(check[-1])
         assert headers.get("Host") == host and url.path.startswith("/api/"), check
@@ -301,7 +304,8 @@ def test_images_pin_the_versions_the_manifests_assume():
             assert "-c" in args, f"{path.name}: pip install {' '.join(args)} without -c"
             assert args[args.index("-c") + 1].endswith("constraints.txt")
             for i, pkg in enumerate(args):
-                if not pkg.startswith(("-", ".")) and not args[i - 1].startswith("-"):
+                takes_value = i > 0 and args[i - 1] in {"-c", "-i", "--index-url", "-r"}
+                if not pkg.startswith(("-", ".")) and not takes_value:
                     assert re.split(r"[\[=<>]", pkg)[0].lower() in pins, (
                         f"{path.name}: {pkg} is not pinned in constraints.txt")
 
