@@ -1,16 +1,12 @@
-"""A real `mlflow server` process as the tracking store, stopped and restarted mid-study:
-writes are queued and retried, nothing is lost."""
+"""A real `mlflow server` process as the tracking store, started with the compose file's
+MLflow command and environment, stopped and restarted mid-study: writes are queued and
+retried, nothing is lost."""
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,49 +15,23 @@ from mlflow.tracking import MlflowClient
 
 import study
 from tests.conftest import tiny_spec
-from tests.test_cluster import free_port
+from tests.test_deploy import MlflowServer
 
 pytestmark = pytest.mark.slow
 
 
-class Server:
-    def __init__(self, root: Path, auth_password: str | None = None) -> None:
-        self.root, self.port = root, free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.auth_password = auth_password
-
-    def start(self) -> None:
-        auth, env = [], dict(os.environ)
-        if self.auth_password:  # MLflow's basic-auth app, admin user with this password
-            auth = ["--app-name", "basic-auth"]
-            env |= {"MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-secret",
-                    "MLFLOW_AUTH_ADMIN_PASSWORD": self.auth_password}
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1", *auth,
-             "--backend-store-uri", f"sqlite:///{self.root}/server.db",
-             "--artifacts-destination", str(self.root / "artifacts")],
-            stdout=open(self.root / "server.log", "a"), stderr=subprocess.STDOUT,  # noqa: SIM115
-            start_new_session=True, cwd=self.root, env=env)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 90:
-            try:
-                with urllib.request.urlopen(self.uri + "/health", timeout=2):
-                    return
-            except OSError:
-                assert self.proc.poll() is None, (self.root / "server.log").read_text()[-2000:]
-                time.sleep(0.3)
-        raise AssertionError("mlflow server did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+def tracking_server(root: Path, auth_password: str | None = None) -> MlflowServer:
+    """The compose file's MLflow server on 127.0.0.1; with a password, MLflow's basic-auth
+    app and an admin user with that password."""
+    if not auth_password:
+        return MlflowServer(root)
+    return MlflowServer(root, extra=["--app-name", "basic-auth"], app_env={
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-secret",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": auth_password})
 
 
 def test_server_down_mid_study_loses_nothing(ray_local, workdir, caplog):
-    server = Server(workdir)
+    server = tracking_server(workdir)
     server.start()
     raw = tiny_spec(name="flaky", repeats=2, train={"epochs": 4, "batch_size": 16},
                     dataset={"name": "synthetic", "samples": 3000},
@@ -111,7 +81,7 @@ def test_server_down_mid_study_loses_nothing(ray_local, workdir, caplog):
 def test_basic_auth_credentials_from_the_standard_environment(ray_local, workdir,
                                                                monkeypatch):
     password = "test-Only-Password-123"
-    server = Server(workdir, auth_password=password)
+    server = tracking_server(workdir, auth_password=password)
     server.start()
     try:
         raw = tiny_spec(name="authed", storage={"tracking": server.uri},
