@@ -294,6 +294,12 @@ def test_images_pin_the_versions_the_manifests_assume():
         assert pins.get(name) == tested[name], f"constraints.txt: {name} must be =={tested[name]}"
     job = yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())
     assert job["spec"]["rayClusterSpec"]["rayVersion"] == pins["ray"]
+    # the PostgreSQL driver the images carry is the one SQLAlchemy opens postgresql:// with
+    from sqlalchemy.engine.url import make_url
+
+    driver = make_url("postgresql://u@h/db").get_dialect().driver
+    assert pins.get(driver) and pins.get("sqlalchemy") == distribution("sqlalchemy").version, (
+        f"constraints.txt: SQLAlchemy opens postgresql:// with {driver}: pin it")
     # every pip install of both images goes through the pins, copied into the image
     for path in (DOCKER / "Dockerfile", DOCKER / "Dockerfile.mlflow"):
         copied = [shlex.split(rest) for word, rest in dockerfile(path) if word == "COPY"]
