@@ -98,7 +98,7 @@ def check_dataset(ds: DatasetSpec, source: str = "<dict>") -> None:
     if ds.name == "synthetic":
         _check_synthetic(ds, source)
         return
-    if ds.path is None:  # built in (digits)
+    if ds.path is None or ds.name not in data_formats.FILE_DATASETS:  # built in (digits)
         return
     try:
         arrays = data_formats.read(ds.name, ds.path)

@@ -65,12 +65,13 @@ class DataFileError(SpecError):
 
 
 def read(name: str, path: str) -> Arrays:
-    """Read and check the dataset `name` (npz, idx or cifar10) at `path`."""
+    """Read and check the dataset `name` (one of :data:`FILE_DATASETS`) at `path`."""
     readers: dict[str, Callable[[str], Arrays]] = {
         "npz": read_npz, "idx": read_idx_folder, "cifar10": read_cifar10}
-    if name not in readers:
-        raise ValueError(f"no reader for dataset {name!r}; readers: {', '.join(readers)}")
     return readers[name](path)
+
+
+FILE_DATASETS = ("npz", "idx", "cifar10")  # the datasets read from files by `read`
 
 
 def check_path(name: str, path: str) -> str | None:
@@ -256,7 +257,7 @@ def read_cifar10(path: str) -> Arrays:
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One batch file: images (N, 3, 32, 32) uint8 and labels (N,) int64."""
     where = str(path)
-    batch = load_plain_pickle(path)
+    batch = _load_plain_pickle(path)
     if not isinstance(batch, dict):
         raise DataFileError(where, f"holds {_describe(batch)}, not a dict", CIFAR_ALLOWED)
     data, labels = (_entry(batch, k, where) for k in ("data", "labels"))
@@ -289,7 +290,7 @@ def _entry(batch: dict[Any, Any], key: str, where: str) -> Any:
     raise DataFileError(where, f"no `{key}` entry (its keys: {keys})", CIFAR_ALLOWED)
 
 
-def load_plain_pickle(path: Path) -> Any:
+def _load_plain_pickle(path: Path) -> Any:
     """Unpickle a file that may hold plain data (dict, list, tuple, str, bytes, int, float,
     bool, None) and numeric numpy arrays and scalars, and nothing else: no other class, no
     callable, no code. Arrays come back as :class:`_PickledArray` holders (`.array`).
@@ -299,11 +300,11 @@ def load_plain_pickle(path: Path) -> Any:
     are bounded, since CPython's unpickler allocates its memo up to the largest index."""
     where = str(path)
     _need_file(path, CIFAR_ALLOWED)
-    size = path.stat().st_size
-    if size > MAX_PICKLE_BYTES:
-        raise DataFileError(where, f"{size} bytes", f"a batch file of at most "
-                            f"{MAX_PICKLE_BYTES} bytes")
     try:
+        size = path.stat().st_size
+        if size > MAX_PICKLE_BYTES:
+            raise DataFileError(where, f"{size} bytes", f"a batch file of at most "
+                                f"{MAX_PICKLE_BYTES} bytes")
         raw = path.read_bytes()
     except OSError as e:
         raise DataFileError(where, f"unreadable ({type(e).__name__}: {e.strerror})",
@@ -333,11 +334,28 @@ def _scan_pickle(raw: bytes) -> None:
                                          f"{ops} opcodes before it")
 
 
-class _NdarrayName:
-    """What `numpy.ndarray` stands for in a pickle: only an argument of `_reconstruct`."""
+class _Global:
+    """What a global named in a pickle stands for: `fn`, if not None, is what calling it does.
+    A pickle can neither change it (no attributes) nor give it a state (BUILD)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any] | None) -> None:
+        object.__setattr__(self, "fn", fn)
+
+    def __call__(self, *args: Any) -> Any:
+        if self.fn is None:
+            raise pickle.UnpicklingError("a pickle calls numpy.ndarray, which numpy never writes")
+        return self.fn(*args)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise pickle.UnpicklingError("a pickle sets an attribute of a global")
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("a pickle gives a global a state")
 
 
-_NDARRAY = _NdarrayName()
+_NDARRAY = _Global(None)  # numpy.ndarray: only an argument of _reconstruct
 _DTYPE_CODE = re.compile(r"[<>|=]?[biuf][1248]")
 
 
@@ -426,21 +444,21 @@ def _latin1(text: Any, encoding: Any) -> bytes:
 # _reconstruct, ndarray and dtype (protocols 0-4), _frombuffer and dtype (protocol 5),
 # scalar for numpy scalars, and _codecs.encode for bytes in protocols 0-2 written by Python 3.
 # `numpy.core` is the name pickles written by numpy 1.x use (the real CIFAR-10 files).
-_ADMITTED: dict[tuple[str, str], Any] = {
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
-    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
-    ("numpy._core.multiarray", "scalar"): _scalar,
-    ("numpy.core.multiarray", "scalar"): _scalar,
+_ADMITTED: dict[tuple[str, str], _Global] = {
+    ("numpy._core.multiarray", "_reconstruct"): _Global(_reconstruct),
+    ("numpy.core.multiarray", "_reconstruct"): _Global(_reconstruct),
+    ("numpy._core.numeric", "_frombuffer"): _Global(_frombuffer),
+    ("numpy.core.numeric", "_frombuffer"): _Global(_frombuffer),
+    ("numpy._core.multiarray", "scalar"): _Global(_scalar),
+    ("numpy.core.multiarray", "scalar"): _Global(_scalar),
     ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _dtype,
-    ("_codecs", "encode"): _latin1,
+    ("numpy", "dtype"): _Global(_dtype),
+    ("_codecs", "encode"): _Global(_latin1),
 }
 
 
 class _PlainUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
+    def find_class(self, module: str, name: str) -> _Global:
         found = _ADMITTED.get((module, name))
         if found is None:
             raise pickle.UnpicklingError(

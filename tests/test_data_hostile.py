@@ -276,9 +276,17 @@ def test_valid_cifar_batches_load_in_every_protocol(tmp_path, protocol):
     assert np.array_equal(x_test, data.reshape(7, 3, 32, 32) / np.float32(255.0))
 
 
-def huge_memo(p: Path) -> None:
-    """A tiny pickle whose memo index would make CPython's unpickler allocate 32 GiB."""
-    p.write_bytes(b"\x80\x02}r\xff\xff\xff\x7f.")
+# Handmade pickles that misuse what the reader admits, or reach past it.
+CRAFTED = {
+    "huge memo index": (b"\x80\x02}r\xff\xff\xff\x7f.", "memo index"),  # a 32 GiB memo
+    "INST opcode": (b"(S'touch pwned'\nios\nsystem\n.", "opcode INST"),
+    "state for a global": (b"\x80\x02cnumpy\ndtype\n}b.", "gives a global a state"),
+    "call of numpy.ndarray": (b"\x80\x02cnumpy\nndarray\nK\x05\x85R.", "calls numpy.ndarray"),
+    "dtype with fields": (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f8\x85R(K\x03X\x01\x00"
+                          b"\x00\x00<X\x01\x00\x00\x00a\x85}NJ\xff\xff\xff\xffJ\xff\xff\xff"
+                          b"\xffK\x00tb.", "not that of a plain numeric dtype"),
+    "persistent id": (b"\x80\x02X\x01\x00\x00\x00xQ.", "opcode BINPERSID"),
+}
 
 
 CIFAR_CASES: dict[str, tuple[object, str]] = {
@@ -302,7 +310,7 @@ CIFAR_CASES: dict[str, tuple[object, str]] = {
 }
 
 
-@pytest.mark.parametrize("case", [*CIFAR_CASES, "truncated", "huge memo", "a folder"])
+@pytest.mark.parametrize("case", [*CIFAR_CASES, *CRAFTED, "truncated", "a folder"])
 def test_bad_cifar_batch_is_a_clear_error(tmp_path, case):
     folder = tmp_path / "c"
     if case in CIFAR_CASES:
@@ -311,12 +319,12 @@ def test_bad_cifar_batch_is_a_clear_error(tmp_path, case):
     else:
         make_cifar(folder)
         f = folder / "data_batch_2"
-        if case == "truncated":
+        if case in CRAFTED:
+            f.write_bytes(CRAFTED[case][0])
+            needle = CRAFTED[case][1]
+        elif case == "truncated":
             f.write_bytes(f.read_bytes()[:5000])
             needle = "not a plain-data pickle"
-        elif case == "huge memo":
-            huge_memo(f)
-            needle = "memo index"
         else:
             f.unlink()
             f.mkdir()
@@ -338,6 +346,7 @@ def test_split_and_synthetic_bounds(tmp_path):
     expect_spec_error(DatasetSpec("synthetic", samples=10**7, image_size=256),
                       "dataset.samples", "pixel values")
     check_dataset(DatasetSpec("synthetic"), "spec.yaml")  # the defaults pass
+    check_dataset(DatasetSpec("digits", path=str(tmp_path)), "spec.yaml")  # built in: no file
 
 
 def test_checked_file_is_read_once_unless_it_changes(tmp_path, monkeypatch):
