@@ -128,7 +128,10 @@ def read_npz(path: str) -> Arrays:
                 raise DataFileError(path, f"no array {', '.join(missing)} (it holds {shown})",
                                     NPZ_ALLOWED)
             raw = {k: _npz_array(z, k, f"{path} (array {k})") for k in NPZ_KEYS}
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except DataFileError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError,
+            NotImplementedError) as e:  # not a zip, or a corrupt or exotic one
         raise DataFileError(path, f"not a readable .npz (zip) archive ({type(e).__name__}: "
                             f"{_clean(str(e))})", NPZ_ALLOWED) from None
     return checked(raw, {k: f"{path} (array {k})" for k in NPZ_KEYS})

@@ -77,6 +77,14 @@ def corrupt_member(p: Path) -> None:
     p.write_bytes(bytes(raw))
 
 
+def future_zip_version(p: Path) -> None:
+    np.savez(p, **arrays())
+    raw = bytearray(p.read_bytes())
+    at = raw.index(b"PK\x01\x02") + 6  # version needed to extract, in the central directory
+    raw[at:at + 2] = (134).to_bytes(2, "little")
+    p.write_bytes(bytes(raw))
+
+
 def missing_key(p: Path) -> None:
     a = arrays()
     del a["y_test"]
@@ -112,6 +120,7 @@ NPZ_CASES = {
                           "images of shape (1, 5000, 5000)"),
     "truncated archive": (truncated, "npz"),
     "corrupt member": (corrupt_member, "(array x_train): unreadable"),
+    "zip version 13.4": (future_zip_version, "NotImplementedError"),
     "not a zip": (lambda p: p.write_text("x_train,y_train\n1,2\n"), "not a readable .npz"),
     "a .npy, not an .npz": (lambda p: np.save(p.with_suffix(".npy"), np.zeros(3))
                             or p.with_suffix(".npy").rename(p), "not a readable .npz"),
