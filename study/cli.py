@@ -69,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             for path in args.spec:
                 spec = load_spec(path, overrides=_overrides(args.overrides))
+                from study.data import check_dataset
+
+                check_dataset(spec.dataset, spec.source)
                 print(printable(spec.summary()))
                 print(f"OK: {printable(path)}")
             return EXIT_OK

@@ -1,23 +1,26 @@
 """Datasets -> fixed, seeded train/val/test splits -> tensors on the training device.
 
-Nothing is loaded at import. :func:`load_tensors` caches per process (a Ray worker that is
-reused for many runs loads its data once).
+Nothing is loaded at import. :func:`check_dataset` checks a dataset file by content before
+any run (the driver calls it first); :func:`load_tensors` caches per process (a Ray worker
+that is reused for many runs loads its data once).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from study import data_formats
-from study.spec import DatasetSpec
+from study.spec import DatasetSpec, SpecError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Splits", "TensorData", "load_splits", "load_tensors"]
+__all__ = ["Splits", "TensorData", "check_dataset", "load_splits", "load_tensors"]
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,7 @@ def load_splits(ds: DatasetSpec) -> Splits:
         x_test, y_test = x[test], y[test]
         x_pool, y_pool = x[pool], y[pool]
     else:
-        reader = {"npz": data_formats.read_npz, "idx": data_formats.read_idx_folder,
-                  "cifar10": data_formats.read_cifar10}[ds.name]
-        if ds.path is None:  # the spec layer guarantees a path; keep the error clear anyway
-            raise ValueError(f"dataset {ds.name!r} needs a path")
-        x_pool, y_pool, x_test, y_test = reader(ds.path)
+        x_pool, y_pool, x_test, y_test = _read_file(ds)
         perm = rng.permutation(len(x_pool))
         x_pool, y_pool = x_pool[perm], y_pool[perm]
     n_val = int(round(ds.val_fraction * len(x_pool)))
@@ -83,6 +82,72 @@ def load_splits(ds: DatasetSpec) -> Splits:
 
     return Splits(norm(x_train), y_train, norm(x_val), y_val, norm(x_test), y_test,
                   num_classes)
+
+
+def check_dataset(ds: DatasetSpec, source: str = "<dict>") -> None:
+    """Check a dataset before any run: a file's content (see :mod:`study.data_formats` for
+    what is checked and the bounds), and that the splits the spec asks for are non-empty.
+
+    What a file held is kept for the next :func:`load_splits` of the same, unchanged files
+    in this process, so the driver reads it once.
+
+    Raises:
+        SpecError: naming the spec file, the field, the data file, what is wrong (with the
+            bad value) and what is allowed.
+    """
+    if ds.name == "synthetic":
+        _check_synthetic(ds, source)
+        return
+    if ds.path is None or ds.name not in data_formats.FILE_DATASETS:  # built in (digits)
+        return
+    try:
+        arrays = data_formats.read(ds.name, ds.path)
+    except data_formats.DataFileError as e:
+        raise SpecError(f"{source}: field `dataset.path`: {e}") from None
+    n_pool = len(arrays[0])
+    n_val = int(round(ds.val_fraction * n_pool))
+    if n_pool - n_val < 1:
+        raise SpecError(
+            f"{source}: field `dataset.val_fraction`: {ds.val_fraction} holds out {n_val} of "
+            f"the {n_pool} training examples of {ds.path}, leaving none to train on. Allowed: "
+            "a smaller fraction, or more training examples.")
+    _READ.clear()
+    _READ[_file_key(ds)] = arrays
+
+
+def _check_synthetic(ds: DatasetSpec, source: str) -> None:
+    values = ds.samples * ds.channels * ds.image_size ** 2
+    if values > data_formats.MAX_VALUES:
+        raise SpecError(
+            f"{source}: field `dataset.samples`: {ds.samples} samples of {ds.channels}x"
+            f"{ds.image_size}x{ds.image_size} make {values} pixel values. Allowed: at most "
+            f"{data_formats.MAX_VALUES} (fewer samples, a smaller image_size or channels).")
+    if ds.classes > data_formats.MAX_CLASSES:
+        raise SpecError(f"{source}: field `dataset.classes`: {ds.classes}. Allowed: 2.."
+                        f"{data_formats.MAX_CLASSES}.")
+
+
+# Arrays check_dataset read, for the load_splits that follows (one dataset at most).
+_READ: dict[tuple[Any, ...], data_formats.Arrays] = {}
+
+
+def _read_file(ds: DatasetSpec) -> data_formats.Arrays:
+    if ds.path is None:  # the spec layer guarantees a path; keep the error clear anyway
+        raise ValueError(f"dataset {ds.name!r} needs a path")
+    kept = _READ.pop(_file_key(ds), None)
+    return kept if kept is not None else data_formats.read(ds.name, ds.path)
+
+
+def _file_key(ds: DatasetSpec) -> tuple[Any, ...]:
+    """The dataset's name and path, and the size and modification time of each file there:
+    a file changed since it was checked is read (and checked) again."""
+    p = Path(str(ds.path)).resolve()
+    try:
+        files = sorted(os.scandir(p), key=lambda e: e.name) if p.is_dir() else [p]
+        stats = tuple((os.fspath(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    except OSError:
+        stats = ()
+    return ds.name, str(p), stats
 
 
 _CACHE: dict[tuple[Any, ...], TensorData] = {}
@@ -116,7 +181,6 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     arrays as ``sklearn.datasets.load_digits`` without importing scikit-learn (over a
     second, paid by every fresh worker)."""
     import importlib.util
-    import os
 
     found = importlib.util.find_spec("sklearn")
     path = os.path.join(list(found.submodule_search_locations or [""])[0], "datasets", "data",

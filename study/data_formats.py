@@ -1,18 +1,43 @@
-"""Readers for on-disk dataset formats (numpy only; no torch).
+"""Readers for on-disk dataset formats (numpy only; no torch), checked by content.
 
-Each reader returns ``(x_train, y_train, x_test, y_test)`` with images as float32 arrays of
-shape (N, C, H, W) scaled to [0, 1] and labels as int64 arrays.
+A dataset file is hostile input: every reader bounds what it reads before reading it, runs
+no code from the file (CIFAR batches go through a restricted unpickler, npz arrays never
+through pickle) and checks what it read. Each reader returns ``(x_train, y_train, x_test,
+y_test)`` with images as float32 arrays of shape (N, C, H, W) scaled to [0, 1] and labels as
+int64 arrays, or raises :class:`DataFileError` naming the file, what is wrong and what is
+allowed.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import pickle
+import pickletools
+import re
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from study.spec import SpecError
+
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+# What a dataset file may hold; the error messages quote these bounds.
+MAX_VALUES = 2**30  # pixel values over all splits: 4 GiB as float32, held by every worker
+MAX_SIDE = 4096  # image height and width, in pixels
+MAX_CHANNELS = 64
+MAX_CLASSES = 1000  # labels 0..999, inferred as max(y_train) + 1
+MAX_PIXEL = 1e6  # |pixel value|: keeps float32 means and variances finite
+MAX_PICKLE_BYTES = 512 * 2**20  # one CIFAR batch file (a real one is 31 MB)
+MAX_PICKLE_OPS = 1_000_000  # pickle opcodes in one batch (a real one has about 40 000)
+CIFAR_CLASSES = 10
+CIFAR_PIXELS = 3 * 32 * 32
 
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -24,26 +49,50 @@ CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR_TEST = "test_batch"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
+NPZ_ALLOWED = "an .npz file (np.savez) with numeric arrays " + ", ".join(NPZ_KEYS)
+IDX_ALLOWED = ("a folder of MNIST-format IDX files (" + ", ".join(IDX_FILES.values())
+               + ", optionally .gz)")
+CIFAR_ALLOWED = ("a CIFAR-10 python batch: a pickled dict whose `data` is a uint8 array of "
+                 f"shape (N, {CIFAR_PIXELS}) and whose `labels` are N integers 0..9, holding "
+                 "plain data and numpy arrays only")
+
+
+class DataFileError(SpecError):
+    """A dataset file is unusable. The message names the file, what is wrong, what is allowed."""
+
+    def __init__(self, where: str, problem: str, allowed: str) -> None:
+        super().__init__(f"{where}: {problem}. Allowed: {allowed}.")
+
+
+def read(name: str, path: str) -> Arrays:
+    """Read and check the dataset `name` (one of :data:`FILE_DATASETS`) at `path`."""
+    readers: dict[str, Callable[[str], Arrays]] = {
+        "npz": read_npz, "idx": read_idx_folder, "cifar10": read_cifar10}
+    return readers[name](path)
+
+
+FILE_DATASETS = ("npz", "idx", "cifar10")  # the datasets read from files by `read`
+
 
 def check_path(name: str, path: str) -> str | None:
-    """Return None if `path` looks usable for dataset `name`, else what is allowed."""
+    """Return None if `path` looks usable for dataset `name` (a cheap look at names, not
+    content: see :func:`read`), else what is allowed."""
     p = Path(path)
     if name == "npz":
         if not p.is_file():
-            return "an existing .npz file with arrays " + ", ".join(NPZ_KEYS)
+            return "an existing " + NPZ_ALLOWED[3:]
         try:
-            with np.load(p) as z:
-                missing = [k for k in NPZ_KEYS if k not in z.files]
-        except Exception as e:  # a corrupt or non-npz file
+            with zipfile.ZipFile(p) as z:
+                names = set(z.namelist())
+        except (zipfile.BadZipFile, OSError, ValueError) as e:  # not a zip archive
             return f"a readable .npz file ({type(e).__name__}: {e})"
+        missing = [k for k in NPZ_KEYS if k + ".npy" not in names]
         if missing:
-            return "a .npz file with arrays " + ", ".join(NPZ_KEYS) + " (missing: " + \
-                ", ".join(missing) + ")"
+            return NPZ_ALLOWED + " (missing: " + ", ".join(missing) + ")"
         return None
     if name == "idx":
         if not p.is_dir():
-            return "a folder of MNIST-format IDX files (" + ", ".join(IDX_FILES.values()) + \
-                ", optionally .gz)"
+            return IDX_ALLOWED
         missing = [f for f in IDX_FILES.values() if _idx_file(p, f) is None]
         if missing:
             return "a folder holding " + ", ".join(IDX_FILES.values()) + \
@@ -62,41 +111,114 @@ def check_path(name: str, path: str) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------------------
+# npz
+# --------------------------------------------------------------------------------------
+
+
 def read_npz(path: str) -> Arrays:
-    with np.load(path) as z:
-        xs = [np.asarray(z[k]) for k in NPZ_KEYS]
-    x_train, y_train, x_test, y_test = xs
-    return _images(x_train), _labels(y_train), _images(x_test), _labels(y_test)
+    p = Path(path)
+    _need_file(p, NPZ_ALLOWED)
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+            missing = [k for k in NPZ_KEYS if k + ".npy" not in names]
+            if missing:
+                shown = ", ".join(_show(n) for n in names[:10]) or "nothing"
+                raise DataFileError(path, f"no array {', '.join(missing)} (it holds {shown})",
+                                    NPZ_ALLOWED)
+            raw = {k: _npz_array(z, k, f"{path} (array {k})") for k in NPZ_KEYS}
+    except DataFileError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError,
+            NotImplementedError) as e:  # not a zip, or a corrupt or exotic one
+        raise DataFileError(path, f"not a readable .npz (zip) archive ({type(e).__name__}: "
+                            f"{_clean(str(e))})", NPZ_ALLOWED) from None
+    return checked(raw, {k: f"{path} (array {k})" for k in NPZ_KEYS})
+
+
+def _npz_array(z: zipfile.ZipFile, key: str, where: str) -> np.ndarray:
+    """One array of an npz, its header checked before any of its data is read."""
+    fmt = np.lib.format
+    try:
+        with z.open(key + ".npy") as fh:
+            version = fmt.read_magic(fh)
+            if version not in ((1, 0), (2, 0)):
+                raise DataFileError(where, f".npy format version {version}",
+                                    "versions 1.0 and 2.0 (what np.save writes for numeric "
+                                    "arrays)")
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else \
+                fmt.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+        _check_array_header(shape, dtype, where, key.startswith("x"))
+        with z.open(key + ".npy") as fh:
+            return fmt.read_array(fh, allow_pickle=False)
+    except DataFileError:
+        raise
+    except (ValueError, zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
+            NotImplementedError) as e:  # truncated, corrupt, encrypted, odd compression
+        raise DataFileError(where, f"unreadable ({type(e).__name__}: {_clean(str(e))})",
+                            NPZ_ALLOWED) from None
+
+
+# --------------------------------------------------------------------------------------
+# IDX (the MNIST format)
+# --------------------------------------------------------------------------------------
 
 
 def read_idx_folder(path: str) -> Arrays:
     p = Path(path)
-    arrs = {}
+    if not p.is_dir():
+        raise DataFileError(path, "not a folder", IDX_ALLOWED)
+    raw, where = {}, {}
     for key, stem in IDX_FILES.items():
         f = _idx_file(p, stem)
         if f is None:
-            raise FileNotFoundError(f"{p}: missing {stem} (or {stem}.gz)")
-        arrs[key] = read_idx(f)
-    return (_images(arrs["x_train"]), _labels(arrs["y_train"]),
-            _images(arrs["x_test"]), _labels(arrs["y_test"]))
+            raise DataFileError(path, f"no {stem} (or {stem}.gz)", IDX_ALLOWED)
+        raw[key], where[key] = read_idx(f, images=key.startswith("x")), str(f)
+    return checked(raw, where)
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (the MNIST format), gzipped or not."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic number)")
-    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
-             0x0E: ">f8"}.get(raw[2])
-    if dtype is None:
-        raise ValueError(f"{path}: unknown IDX data type 0x{raw[2]:02x}")
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: expected {int(np.prod(dims))} values for shape {dims}, "
-                         f"found {data.size}")
-    return data.reshape(dims)
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
+              0x0E: ">f8"}
+
+
+def read_idx(path: Path, images: bool | None = None) -> np.ndarray:
+    """Read one IDX file (the MNIST format), gzipped or not. Its header is checked before
+    its data is read (`images`: True/False checks it as images/labels; None: any shape)."""
+    where = str(path)
+    allowed = "an IDX file: 0, 0, a type code, the number of dimensions, the dimensions, data"
+    _need_file(path, allowed)
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
+            head = fh.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise DataFileError(where, f"not an IDX file (bad magic number {head!r})",
+                                    allowed)
+            dtype = _IDX_TYPES.get(head[2])
+            if dtype is None:
+                raise DataFileError(where, f"unknown IDX data type 0x{head[2]:02x}",
+                                    "types 0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E")
+            dim_bytes = fh.read(4 * head[3])
+            dims = tuple(int.from_bytes(dim_bytes[i:i + 4], "big")
+                         for i in range(0, len(dim_bytes) - 3, 4))
+            if len(dims) != head[3] or not 1 <= len(dims) <= 4:
+                raise DataFileError(where, f"header with {head[3]} dimensions, "
+                                    f"{len(dims)} present", "1 to 4 dimensions")
+            if images is not None:
+                _check_array_header(dims, np.dtype(dtype), where, images)
+            elif math.prod(dims) > MAX_VALUES:
+                raise DataFileError(where, f"shape {dims}", f"at most {MAX_VALUES} values")
+            need = math.prod(dims) * np.dtype(dtype).itemsize
+            data = fh.read(need + 1)  # one more byte: a longer file is as wrong as a short one
+    except (OSError, EOFError, zlib.error) as e:  # unreadable, or a corrupt .gz
+        raise DataFileError(where, f"unreadable ({type(e).__name__}: {_clean(str(e))})",
+                            allowed) from None
+    if len(data) != need:
+        found = "more than" if len(data) > need else f"{len(data)} bytes, not"
+        raise DataFileError(where, f"its data has {found} the {need} bytes its header "
+                            f"(shape {dims}) promises", allowed)
+    return np.frombuffer(data, dtype=dtype).reshape(dims)
 
 
 def write_idx(path: Path, arr: np.ndarray) -> None:
@@ -108,22 +230,6 @@ def write_idx(path: Path, arr: np.ndarray) -> None:
     path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
 
 
-def read_cifar10(path: str) -> Arrays:
-    p = Path(path)
-
-    def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
-        with open(p / name, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")
-        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        return x, np.asarray(d[b"labels"])
-
-    parts = [batch(n) for n in CIFAR_TRAIN]
-    x_train = np.concatenate([x for x, _ in parts])
-    y_train = np.concatenate([y for _, y in parts])
-    x_test, y_test = batch(CIFAR_TEST)
-    return _images(x_train), _labels(y_train), _images(x_test), _labels(y_test)
-
-
 def _idx_file(folder: Path, stem: str) -> Path | None:
     for name in (stem, stem + ".gz"):
         if (folder / name).is_file():
@@ -131,15 +237,346 @@ def _idx_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
+# --------------------------------------------------------------------------------------
+# CIFAR-10 python batches (pickles), read without running anything from them
+# --------------------------------------------------------------------------------------
+
+
+def read_cifar10(path: str) -> Arrays:
+    p = Path(path)
+    if not p.is_dir():
+        raise DataFileError(path, "not a folder", "the folder `cifar-10-batches-py` "
+                            "(data_batch_1..5 and test_batch)")
+    parts = [read_cifar_batch(p / n) for n in CIFAR_TRAIN]
+    x_test, y_test = read_cifar_batch(p / CIFAR_TEST)
+    raw = {"x_train": np.concatenate([x for x, _ in parts]),
+           "y_train": np.concatenate([y for _, y in parts]), "x_test": x_test, "y_test": y_test}
+    train = f"{p}/data_batch_1..5"
+    return checked(raw, {"x_train": f"{train} (data)", "y_train": f"{train} (labels)",
+                         "x_test": f"{p / CIFAR_TEST} (data)",
+                         "y_test": f"{p / CIFAR_TEST} (labels)"}, CIFAR_CLASSES)
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file: images (N, 3, 32, 32) uint8 and labels (N,) int64."""
+    where = str(path)
+    batch = _load_plain_pickle(path)
+    if not isinstance(batch, dict):
+        raise DataFileError(where, f"holds {_describe(batch)}, not a dict", CIFAR_ALLOWED)
+    data, labels = (_entry(batch, k, where) for k in ("data", "labels"))
+    if not (isinstance(data, np.ndarray) and data.dtype.kind in "iu" and data.ndim == 2
+            and data.shape[1] == CIFAR_PIXELS):
+        raise DataFileError(where, f"its data is {_describe(data)}", CIFAR_ALLOWED)
+    _first_bad(data, (data < 0) | (data > 255), where, "pixel", "pixels 0..255")
+    if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu" and labels.ndim == 1:
+        y = labels.astype(np.int64)
+    elif isinstance(labels, list):
+        bad = next((i for i, v in enumerate(labels)
+                    if type(v) is not int or not 0 <= v < CIFAR_CLASSES), None)
+        if bad is not None:
+            raise DataFileError(where, f"label {_show(labels[bad])} at index {bad}",
+                                f"integer labels 0..{CIFAR_CLASSES - 1}")
+        y = np.array(labels, dtype=np.int64)
+    else:
+        raise DataFileError(where, f"its labels are {_describe(labels)}", CIFAR_ALLOWED)
+    if len(y) != len(data):
+        raise DataFileError(where, f"{len(data)} images but {len(y)} labels", CIFAR_ALLOWED)
+    return data.reshape(-1, 3, 32, 32), y
+
+
+def _entry(batch: dict[Any, Any], key: str, where: str) -> Any:
+    for k in (key.encode(), key):  # bytes keys (Python 2 pickles) or str keys
+        if k in batch:
+            v = batch[k]
+            return v.array if isinstance(v, _PickledArray) else v
+    keys = ", ".join(_show(k) for k in list(batch)[:10]) or "none"
+    raise DataFileError(where, f"no `{key}` entry (its keys: {keys})", CIFAR_ALLOWED)
+
+
+def _load_plain_pickle(path: Path) -> Any:
+    """Unpickle a file that may hold plain data (dict, list, tuple, str, bytes, int, float,
+    bool, None) and numeric numpy arrays and scalars, and nothing else: no other class, no
+    callable, no code. Arrays come back as :class:`_PickledArray` holders (`.array`).
+
+    The file is scanned first (pickletools, without building anything): opcodes that make
+    objects of arbitrary classes or reach outside the file are refused, and memo indices
+    are bounded, since CPython's unpickler allocates its memo up to the largest index."""
+    where = str(path)
+    _need_file(path, CIFAR_ALLOWED)
+    try:
+        size = path.stat().st_size
+        if size > MAX_PICKLE_BYTES:
+            raise DataFileError(where, f"{size} bytes", f"a batch file of at most "
+                                f"{MAX_PICKLE_BYTES} bytes")
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataFileError(where, f"unreadable ({type(e).__name__}: {e.strerror})",
+                            CIFAR_ALLOWED) from None
+    try:
+        _scan_pickle(raw)
+        return _PlainUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            EOFError, OverflowError, MemoryError, RecursionError) as e:
+        raise DataFileError(where, f"not a plain-data pickle ({type(e).__name__}: "
+                            f"{_clean(str(e), 200)})", CIFAR_ALLOWED) from None
+
+
+# Opcodes that build objects of a class named in the file, or reach outside it.
+_REFUSED_OPS = frozenset({"PERSID", "BINPERSID", "EXT1", "EXT2", "EXT4", "INST", "OBJ",
+                          "NEWOBJ", "NEWOBJ_EX", "NEXT_BUFFER", "READONLY_BUFFER"})
+
+
+def _scan_pickle(raw: bytes) -> None:
+    for ops, (op, arg, pos) in enumerate(pickletools.genops(raw), start=1):
+        if ops > MAX_PICKLE_OPS:
+            raise pickle.UnpicklingError(f"more than {MAX_PICKLE_OPS} pickle opcodes")
+        if op.name in _REFUSED_OPS:
+            raise pickle.UnpicklingError(f"opcode {op.name} at byte {pos} is refused")
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg) > ops:
+            raise pickle.UnpicklingError(f"memo index {arg} at byte {pos} exceeds the "
+                                         f"{ops} opcodes before it")
+
+
+class _Global:
+    """What a global named in a pickle stands for: `fn`, if not None, is what calling it does.
+    A pickle can neither change it (no attributes) nor give it a state (BUILD)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any] | None) -> None:
+        object.__setattr__(self, "fn", fn)
+
+    def __call__(self, *args: Any) -> Any:
+        if self.fn is None:
+            raise pickle.UnpicklingError("a pickle calls numpy.ndarray, which numpy never writes")
+        return self.fn(*args)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise pickle.UnpicklingError("a pickle sets an attribute of a global")
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("a pickle gives a global a state")
+
+
+_NDARRAY = _Global(None)  # numpy.ndarray: only an argument of _reconstruct
+_DTYPE_CODE = re.compile(r"[<>|=]?[biuf][1248]")
+
+
+class _PickledDtype:
+    """A numeric dtype named in a pickle; BUILD gives its byte order."""
+
+    def __init__(self, code: str) -> None:
+        self.code, self.order = code, "="
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4)
+                and _text(state[1]) in ("<", ">", "|", "=")
+                and state[2:5] == (None, None, None)):
+            raise pickle.UnpicklingError(f"dtype state {_show(state)} is not that of a plain "
+                                         "numeric dtype")
+        self.order = _text(state[1])
+
+    def real(self) -> np.dtype:
+        dt = np.dtype(self.code)
+        return dt.newbyteorder(self.order) if self.order in "<>" else dt
+
+
+class _PickledArray:
+    """An array named in a pickle, built by numpy.frombuffer from its checked state."""
+
+    array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if self.array is not None or not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("an array state that numpy does not write")
+        shape, dtype, fortran, data = state[-4:]  # (version,) shape, dtype, fortran, data
+        self.array = _array(data, dtype, shape, "F" if fortran else "C")
+
+
+def _array(data: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
+    if not isinstance(dtype, _PickledDtype):
+        raise pickle.UnpicklingError(f"array dtype {_describe(dtype)}")
+    if not (isinstance(shape, tuple) and len(shape) <= 8
+            and all(type(d) is int and d >= 0 for d in shape)):
+        raise pickle.UnpicklingError(f"array shape {_show(shape)}")
+    if math.prod(shape) > MAX_VALUES:
+        raise pickle.UnpicklingError(f"array shape {shape}: over {MAX_VALUES} values")
+    if not isinstance(data, bytes | bytearray):
+        raise pickle.UnpicklingError(f"array data {_describe(data)}")
+    dt = dtype.real()
+    if len(data) != math.prod(shape) * dt.itemsize:
+        raise pickle.UnpicklingError(f"{len(data)} bytes of data for an array of shape "
+                                     f"{shape} and dtype {dt}")
+    return np.frombuffer(data, dtype=dt).reshape(shape, order=order)
+
+
+def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> _PickledArray:
+    if subtype is not _NDARRAY or shape != (0,) or typecode not in ("b", b"b"):
+        raise pickle.UnpicklingError("_reconstruct with arguments numpy does not write")
+    return _PickledArray()
+
+
+def _frombuffer(data: Any, dtype: Any, shape: Any, order: Any) -> _PickledArray:
+    if _text(order) not in ("C", "F"):
+        raise pickle.UnpicklingError(f"array order {_show(order)}")
+    held = _PickledArray()
+    held.array = _array(data, dtype, shape, _text(order))
+    return held
+
+
+def _dtype(code: Any, align: Any = False, copy: Any = False) -> _PickledDtype:
+    text = _text(code)
+    if not _DTYPE_CODE.fullmatch(text):
+        raise pickle.UnpicklingError(f"dtype {_show(code)} (numeric dtypes only: b, i, u, f)")
+    return _PickledDtype(text)
+
+
+def _scalar(dtype: Any, data: Any) -> bool | int | float:
+    if not isinstance(dtype, _PickledDtype) or not isinstance(data, bytes):
+        raise pickle.UnpicklingError("scalar with arguments numpy does not write")
+    return _array(data, dtype, (1,), "C")[0].item()
+
+
+def _latin1(text: Any, encoding: Any) -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode with arguments pickle does not write")
+    return text.encode("latin1")
+
+
+# Every global a pickle may name, and what it gets instead: numpy's array pickles need
+# _reconstruct, ndarray and dtype (protocols 0-4), _frombuffer and dtype (protocol 5),
+# scalar for numpy scalars, and _codecs.encode for bytes in protocols 0-2 written by Python 3.
+# `numpy.core` is the name pickles written by numpy 1.x use (the real CIFAR-10 files).
+_ADMITTED: dict[tuple[str, str], _Global] = {
+    ("numpy._core.multiarray", "_reconstruct"): _Global(_reconstruct),
+    ("numpy.core.multiarray", "_reconstruct"): _Global(_reconstruct),
+    ("numpy._core.numeric", "_frombuffer"): _Global(_frombuffer),
+    ("numpy.core.numeric", "_frombuffer"): _Global(_frombuffer),
+    ("numpy._core.multiarray", "scalar"): _Global(_scalar),
+    ("numpy.core.multiarray", "scalar"): _Global(_scalar),
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _Global(_dtype),
+    ("_codecs", "encode"): _Global(_latin1),
+}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> _Global:
+        found = _ADMITTED.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(
+                f"it names {_clean(module, 60)}.{_clean(name, 60)}, which this reader refuses "
+                "(it loads plain data and numpy arrays only, and runs no code from a file)")
+        return found
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode("latin1")
+    if isinstance(v, str):
+        return v
+    raise pickle.UnpicklingError(f"expected a string, found {_describe(v)}")
+
+
+# --------------------------------------------------------------------------------------
+# Content checks shared by every format
+# --------------------------------------------------------------------------------------
+
+
+def checked(raw: Mapping[str, np.ndarray], where: Mapping[str, str],
+            max_classes: int = MAX_CLASSES) -> Arrays:
+    """Check the four arrays by content and convert them (see the module docstring).
+
+    `where` names each array for the messages (file, and array in it)."""
+    for key in NPZ_KEYS:
+        _check_array_header(raw[key].shape, raw[key].dtype, where[key], key.startswith("x"))
+    for split in ("train", "test"):
+        x, y = raw["x_" + split], raw["y_" + split]
+        if len(y) != len(x):
+            raise DataFileError(where["y_" + split], f"{len(y)} labels for {len(x)} images "
+                                f"in {where['x_' + split]}", "one label per image")
+    if raw["x_train"].shape[1:] != raw["x_test"].shape[1:]:
+        raise DataFileError(where["x_test"], f"images of shape {raw['x_test'].shape[1:]}, "
+                            f"but those of {where['x_train']} are "
+                            f"{raw['x_train'].shape[1:]}", "the same image shape in every split")
+    total = raw["x_train"].size + raw["x_test"].size
+    if total > MAX_VALUES:
+        raise DataFileError(where["x_train"], f"{total} pixel values in all splits",
+                            f"at most {MAX_VALUES}")
+    y_train = raw["y_train"].reshape(-1)
+    _first_bad(y_train, (y_train < 0) | (y_train >= max_classes), where["y_train"], "label",
+               f"integer labels 0..{max_classes - 1}")
+    classes = int(y_train.max()) + 1
+    if classes < 2:
+        raise DataFileError(where["y_train"], "every label is 0 (one class)",
+                            f"labels 0..k-1 with 2 <= k <= {max_classes}")
+    y_test = raw["y_test"].reshape(-1)
+    _first_bad(y_test, (y_test < 0) | (y_test >= classes), where["y_test"], "label",
+               f"labels 0..{classes - 1}, the classes of {where['y_train']}")
+    for key in ("x_train", "x_test"):
+        x = raw[key]
+        if x.dtype.itemsize > 2 or x.dtype.kind == "f":  # smaller integers are always in range
+            bad = (x < -MAX_PIXEL) | (x > MAX_PIXEL)
+            if x.dtype.kind == "f":
+                bad |= ~np.isfinite(x)
+            _first_bad(x, bad, where[key], "pixel", f"finite pixel values within ±{MAX_PIXEL:g}")
+    return (_images(raw["x_train"]), y_train.astype(np.int64), _images(raw["x_test"]),
+            y_test.astype(np.int64))
+
+
+def _check_array_header(shape: tuple[int, ...], dtype: np.dtype, where: str,
+                        images: bool) -> None:
+    """What can be checked from an array's shape and dtype alone (before reading it)."""
+    if dtype.hasobject:
+        raise DataFileError(where, f"an object array ({dtype})", "numeric arrays only; "
+                            "object arrays are pickles, which are never loaded")
+    kinds = "iuf" if images else "iu"
+    if dtype.kind not in kinds or dtype.subdtype is not None:
+        raise DataFileError(where, f"dtype {dtype}", "integer or floating-point images"
+                            if images else "integer labels (int8..int64, uint8..uint64)")
+    n_values = math.prod(shape)
+    if n_values > MAX_VALUES:
+        raise DataFileError(where, f"shape {tuple(shape)}: {n_values} values",
+                            f"at most {MAX_VALUES} values")
+    if images:
+        ok = len(shape) in (3, 4)
+        if ok:
+            c, h, w = _chw(tuple(shape))
+            ok = c <= MAX_CHANNELS and h <= MAX_SIDE and w <= MAX_SIDE and min(c, h, w) >= 1
+        if not ok:
+            raise DataFileError(where, f"images of shape {tuple(shape)}", "(N, H, W), "
+                                "(N, H, W, C) or (N, C, H, W) with 1 <= H, W <= "
+                                f"{MAX_SIDE} and 1 <= C <= {MAX_CHANNELS}")
+    elif not (len(shape) == 1 or len(shape) == 2 and shape[1] == 1):
+        raise DataFileError(where, f"labels of shape {tuple(shape)}", "shape (N,) or (N, 1)")
+    if shape[0] == 0:
+        raise DataFileError(where, f"empty (shape {tuple(shape)})", "at least one example")
+
+
+def _first_bad(a: np.ndarray, bad: np.ndarray, where: str, what: str, allowed: str) -> None:
+    """Raise naming the first element of `a` where `bad` holds, if any."""
+    if not bad.any():
+        return
+    at = np.unravel_index(int(np.argmax(bad)), a.shape)
+    index = int(at[0]) if len(at) == 1 else tuple(int(i) for i in at)
+    raise DataFileError(where, f"{what} {a[at].item()!r} at index {index}", allowed)
+
+
+def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(C, H, W) of an image batch of shape (N, H, W), (N, H, W, C) or (N, C, H, W)."""
+    if len(shape) == 3:
+        return 1, shape[1], shape[2]
+    if shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+        return shape[3], shape[1], shape[2]
+    return shape[1], shape[2], shape[3]
+
+
 def _images(x: np.ndarray) -> np.ndarray:
     """To float32 (N, C, H, W) in [0, 1]: accepts (N, H, W), (N, H, W, C) or (N, C, H, W)."""
-    x = np.asarray(x)
     if x.ndim == 3:
         x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+    elif _chw(x.shape) != x.shape[1:]:
         x = x.transpose(0, 3, 1, 2)
-    elif x.ndim != 4:
-        raise ValueError(f"images must have 3 or 4 dimensions, got shape {x.shape}")
     if x.dtype == np.uint8:
         return x.astype(np.float32) / 255.0
     x = x.astype(np.float32)
@@ -147,8 +584,31 @@ def _images(x: np.ndarray) -> np.ndarray:
     return x / 255.0 if hi > 1.5 else x
 
 
-def _labels(y: np.ndarray) -> np.ndarray:
-    y = np.asarray(y).reshape(-1)
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got {y.dtype}")
-    return y.astype(np.int64)
+def _need_file(path: Path, allowed: str) -> None:
+    if path.is_dir():
+        raise DataFileError(str(path), "a folder, where a file is expected", allowed)
+    if path.exists() and not path.is_file():
+        raise DataFileError(str(path), "not a regular file (a pipe, socket or device)",
+                            allowed)
+    if not path.is_file():
+        raise DataFileError(str(path), "no such file", allowed)
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, np.ndarray):
+        return f"an array of dtype {v.dtype} and shape {v.shape}"
+    if isinstance(v, list | tuple | dict):
+        return f"a {type(v).__name__} of {len(v)} items"
+    return f"a {type(v).__name__}"
+
+
+def _show(v: Any, most: int = 80) -> str:
+    """A value for a message: repr (no control characters from a file), cut short."""
+    s = ascii(v)
+    return s if len(s) <= most else s[:most] + "..."
+
+
+def _clean(text: str, most: int = 120) -> str:
+    """Text for a message: control and non-ASCII characters escaped, cut short."""
+    s = ascii(text)[1:-1]
+    return s if len(s) <= most else s[:most] + "..."

@@ -533,8 +533,10 @@ def _record_from_row(r: Mapping[str, Any]) -> RunRecord:
 def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
     """Everything that must hold before any run starts: stores reachable, Ray up, the
     resources the spec asks for present."""
+    from study.data import check_dataset
     from study.tracking import check_tracking_uri
 
+    check_dataset(spec.dataset, spec.source)  # a bad data file fails here, before any store
     _check_job_paths(spec)
     if os.environ.get(JOB_ENV):
         # A job's working directory is a temporary copy that Ray can delete while the job
