@@ -213,15 +213,18 @@ class BlockSearcher(Searcher):
             cfg.told = True
             self.next_to_tell += 1
 
-    def save(self, checkpoint_path: str) -> None:
-        """Tune's searcher checkpoint: the progress, without the Optuna searcher (its storage
-        URL may hold a password; Optuna's RDB storage keeps its state) and with the spec
-        redacted. A resume builds a new searcher (runner.resume), so nothing reads it back
-        but :meth:`restore`."""
+    def __getstate__(self) -> dict[str, Any]:
+        """What Tune pickles (its searcher checkpoint, and tuner.pkl with the Tuner): the
+        progress, without the Optuna searcher (its storage URL may hold a password; Optuna's
+        RDB storage keeps its state) and with the spec redacted. A resume builds a new
+        searcher (runner.resume): nothing reads it back but :meth:`restore`."""
         state = {**self.__dict__, "spec": redact_spec(self.spec)}
-        state.pop("inner")
+        state.pop("inner", None)
+        return state
+
+    def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as fh:
-            pickle.dump(state, fh)
+            pickle.dump(self.__getstate__(), fh)
 
     def restore(self, checkpoint_path: str) -> None:
         """Progress from :meth:`save`; this searcher's Optuna searcher and spec stay."""
