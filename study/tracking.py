@@ -79,8 +79,9 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
 
     seed_mlflow_store(uri)
     try:
-        with _quick_http(timeout) if uri.startswith(("http://", "https://")) else \
-                contextlib.nullcontext():
+        # the server answered its health page: one try, with time for a busy server
+        with _quick_http(max(timeout, 30.0)) if uri.startswith(("http://", "https://")) \
+                else contextlib.nullcontext():
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:  # mlflow raises many types; all mean "unusable"
         first = redact_text(str(e).splitlines()[0]) if str(e) else ""
@@ -95,7 +96,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def _quick_http(timeout: float) -> Iterator[None]:
-    """MLflow's HTTP client without retries and with a `timeout` (s) for one check, unless
+    """MLflow's HTTP client without retries and with a `timeout` (s) for one call, unless
     the user set MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT."""
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
              "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout)))}
