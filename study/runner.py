@@ -463,7 +463,7 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
     from study.tracking import MlflowWriter, reachable_tracking_uri
 
     t0 = time.monotonic()
-    given = load_spec(target) if Path(target).is_file() else None
+    given = load_spec(target) if _is_file(target) else None
     name = given.name if given else check_study_ref(str(target), "study resume: TARGET")
     uri = reachable_tracking_uri(given.tracking_uri if given else tracking_uri)
     spec, rows, parent = runs_from_mlflow(uri, name)
@@ -519,6 +519,14 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
              f"{cluster['CPU']:g} CPU / {cluster['GPU']:g} GPU")
     return _execute(spec, execution, f"{execution}-resume{n_resume}", searcher, writer,
                     callback, storage, remaining, echo, t0, fuse)
+
+
+def _is_file(target: str | os.PathLike[str]) -> bool:
+    """Is `target` an existing file? False for what cannot be a path (too long, NUL)."""
+    try:
+        return Path(target).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def block_plan(spec: StudySpec, cluster: Mapping[str, float]) -> tuple[bool, int]:
