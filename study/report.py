@@ -28,7 +28,7 @@ from study.analysis import (
     status_counts,
     usable_value,
 )
-from study.redact import redact_uri, usable_uri
+from study.redact import redact_text, redact_uri, usable_uri
 from study.results import EXECUTION_RE, check_execution_id, check_run_id, check_study_ref
 from study.spec import KNOBS, StudySpec, parse_spec
 
@@ -443,7 +443,7 @@ def importance(storage: Any, study_name: str) -> tuple[dict[str, float] | None, 
             return None, "no parameter varies across the complete trials"
         return {k: float(v) for k, v in imp.items()}, ""
     except Exception as e:  # reported in the document, never silently dropped
-        return None, f"{type(e).__name__}: {e}"
+        return None, f"{type(e).__name__}: {redact_text(str(e))}"
 
 
 def _typed(knob: str, text: str | None) -> Any:
