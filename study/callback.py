@@ -20,6 +20,7 @@ from typing import Any
 from ray import tune
 
 from study.analysis import USABLE
+from study.redact import redact_spec
 from study.results import ENDED, METRIC_KEYS, RunRecord, count_statuses
 from study.results import last_line as _last_line
 from study.spec import KNOBS, StudySpec
@@ -52,8 +53,9 @@ class StudyCallback(tune.Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the Tuner (for restore): the writer (a thread)
-        # and the echo function stay behind.
-        return {**self.__dict__, "writer": None, "echo": None}
+        # and the echo function stay behind, and the spec goes without its secrets.
+        return {**self.__dict__, "writer": None, "echo": None,
+                "spec": redact_spec(self.spec)}
 
     # Tune calls these with keyword arguments; see ray.tune.Callback.
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from study.redact import redact_uri
 from study.spec import SpecError, load_spec
 from study.terminal import printable
 
@@ -48,7 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("target", help="the spec file, the study name (its latest execution) or "
                     "an execution id")
     rs.add_argument("--tracking-uri", help="MLflow store, when TARGET is not a spec file "
-                    "(default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+                    "(default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db); for a server "
+                    "with basic auth: http://user:password@host:port or "
+                    "$MLFLOW_TRACKING_USERNAME / $MLFLOW_TRACKING_PASSWORD")
+    rs.add_argument("--optuna-storage", help="Optuna storage URL with its password, when "
+                    "the stored copy has it masked (default: the one the study used, "
+                    "$STUDY_OPTUNA_STORAGE, or the spec file's)")
     rs.add_argument("--quiet", action="store_true", help="no progress lines")
     rp = sub.add_parser("report", help="rebuild a study's report from MLflow and Optuna "
                         "(no Ray)")
@@ -56,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or "
                     "sqlite:///mlflow.db)")
     rp.add_argument("--optuna-storage", help="Optuna storage (default: the one the study "
-                    "used)")
+                    "used; if its password is masked in the stores: $STUDY_OPTUNA_STORAGE)")
     rp.add_argument("--out", help="folder for report.md/html and plots (default: "
                     "study_results/<execution>/report)")
     rp.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
@@ -94,7 +100,8 @@ def _run(args: argparse.Namespace) -> int:
     echo = None if args.quiet else _err
     try:
         if args.command == "resume":
-            result = resume(args.target, tracking_uri=args.tracking_uri, echo=echo)
+            result = resume(args.target, tracking_uri=args.tracking_uri,
+                            optuna_storage=args.optuna_storage, echo=echo)
         else:
             spec = load_spec(args.spec, overrides=_overrides(args.overrides))
             result = run(spec, echo=echo)
@@ -119,10 +126,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from study.report import rebuild, verdict_table
+    from study.tracking import TrackingError
 
-    report, spec, folder = rebuild(args.name, tracking_uri=args.tracking_uri,
-                                   optuna_storage=args.optuna_storage, out_dir=args.out,
-                                   log_to_mlflow=not args.no_log)
+    try:
+        report, spec, folder = rebuild(args.name, tracking_uri=args.tracking_uri,
+                                       optuna_storage=args.optuna_storage, out_dir=args.out,
+                                       log_to_mlflow=not args.no_log)
+    except TrackingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(verdict_table(report, spec))
     print(f"report: {folder / 'report.html'} (and report.md)")
     return EXIT_OK
@@ -157,11 +169,12 @@ def summary(result: Any) -> str:
     if best is not None:
         lines.append(f"best: config {best.index} (Optuna trial {best.optuna_trial}), "
                      f"{result.metric} {best.value:.4f}: {best.params}")
-    lines.append(f"MLflow: {result.tracking_uri}, experiment {result.name!r}, parent run "
+    tracking = redact_uri(result.tracking_uri)
+    lines.append(f"MLflow: {tracking}, experiment {result.name!r}, parent run "
                  f"{result.parent_run_id} ({result.execution})")
     if result.tracking_uri.startswith("sqlite:"):
-        lines.append(f"  view: mlflow ui --backend-store-uri {result.tracking_uri}")
-    lines.append(f"Optuna: {result.optuna_storage}, study {result.optuna_study!r}")
+        lines.append(f"  view: mlflow ui --backend-store-uri {tracking}")
+    lines.append(f"Optuna: {redact_uri(result.optuna_storage)}, study {result.optuna_study!r}")
     return "\n".join(lines)
 
 

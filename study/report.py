@@ -28,6 +28,8 @@ from study.analysis import (
     status_counts,
     usable_value,
 )
+from study.redact import redact_text, redact_uri, usable_uri
+from study.results import EXECUTION_RE, check_execution_id, check_run_id, check_study_ref
 from study.spec import KNOBS, StudySpec, parse_spec
 
 __all__ = ["Report", "ReportInput", "build_report", "importance", "rebuild", "runs_from_mlflow",
@@ -159,7 +161,8 @@ def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str,
     unit = " pp" if s == 100.0 else ""
     b: list[Block] = [("p", f"**Question.** {spec.question}")]
     b.append(("p", f"Execution `{inp.execution}` ({inp.status}); MLflow parent run "
-                   f"`{inp.parent_run_id}` at `{inp.tracking_uri}`; spec `{spec.source}`."))
+                   f"`{inp.parent_run_id}` at `{redact_uri(inp.tracking_uri)}`; spec "
+                   f"`{spec.source}`."))
     if effects:
         b.append(("h2", "Verdict"))
         for e in effects:
@@ -440,7 +443,7 @@ def importance(storage: Any, study_name: str) -> tuple[dict[str, float] | None, 
             return None, "no parameter varies across the complete trials"
         return {k: float(v) for k, v in imp.items()}, ""
     except Exception as e:  # reported in the document, never silently dropped
-        return None, f"{type(e).__name__}: {e}"
+        return None, f"{type(e).__name__}: {redact_text(str(e))}"
 
 
 def _typed(knob: str, text: str | None) -> Any:
@@ -460,7 +463,8 @@ def runs_from_mlflow(tracking_uri: str, name: str, execution: str | None = None,
                      ) -> tuple[StudySpec, list[dict[str, Any]], Any]:
     """The spec (from the parent run's spec.yaml), one row per child run, and the parent.
 
-    `name` is a study name (its latest execution) or an execution id.
+    `name` is a study name (its latest execution) or an execution id; both, and the ids read
+    back, are checked before they go into a filter string.
     """
     import tempfile
 
@@ -469,10 +473,15 @@ def runs_from_mlflow(tracking_uri: str, name: str, execution: str | None = None,
 
     from study.spec import SpecError
 
+    check_study_ref(name, "study name or execution id")
+    if execution:
+        check_execution_id(execution, "execution id")
     client = MlflowClient(tracking_uri)
     execution = execution or (name if client.get_experiment_by_name(name) is None else None)
     exps = client.search_experiments()
-    if execution:
+    if execution and not EXECUTION_RE.fullmatch(execution):
+        parents = []  # a name that is no study in MLflow: said below
+    elif execution:
         parents = client.search_runs([e.experiment_id for e in exps],
                                      f"tags.`study.execution` = '{execution}'",
                                      order_by=["attributes.start_time DESC"], max_results=1)
@@ -481,10 +490,12 @@ def runs_from_mlflow(tracking_uri: str, name: str, execution: str | None = None,
         parents = client.search_runs([exp.experiment_id], "tags.`study.execution` != ''",
                                      order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
-        known = sorted(e.name for e in exps if e.name != "Default")
+        known = sorted(repr(e.name)[:120] for e in exps if e.name != "Default")
         raise SpecError(f"no study execution {execution or name!r} in MLflow at "
-                        f"{tracking_uri}. Studies there: {', '.join(known) or 'none'}.")
+                        f"{redact_uri(tracking_uri)}. Studies there: "
+                        f"{', '.join(known[:50]) or 'none'}.")
     parent = parents[0]
+    check_run_id(parent.info.run_id, "MLflow parent run id")
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(parent.info.run_id, "spec.yaml", tmp)
         raw = yaml.safe_load(Path(path).read_text())
@@ -519,15 +530,18 @@ def rebuild(name: str, *, tracking_uri: str | None = None, optuna_storage: str |
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from study.spec import resolve_tracking_uri
+    from study.tracking import reachable_tracking_uri
 
-    uri = resolve_tracking_uri(tracking_uri)
+    check_study_ref(name, "study report: NAME")
+    uri = reachable_tracking_uri(tracking_uri)
     spec, rows, parent = runs_from_mlflow(uri, name, execution)
     tags = parent.data.tags
-    exe = tags.get("study.execution", parent.info.run_name)
-    storage = optuna_storage or tags.get("optuna.storage", "")
-    if not storage or "***" in storage:
-        storage = spec.optuna_storage
+    exe = check_execution_id(tags.get("study.execution"),
+                             f"MLflow run {parent.info.run_id}: tag study.execution")
+    storage = usable_uri(
+        tags.get("optuna.storage") or spec.optuna_storage,
+        [("STUDY_OPTUNA_STORAGE", os.environ.get("STUDY_OPTUNA_STORAGE"))],
+        what=f"the Optuna storage of {exe}", explicit=("--optuna-storage", optuna_storage))
     imp, note = importance(storage, tags.get("optuna.study_name", exe))
     report = build_report(ReportInput(spec=spec, execution=exe, rows=rows, importance=imp,
                                       importance_note=note, parent_run_id=parent.info.run_id,

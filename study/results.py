@@ -2,16 +2,68 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
+import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ConfigRecord", "RunRecord", "StudyResult", "count_statuses"]
+from study.spec import SpecError
+
+__all__ = ["ConfigRecord", "RunRecord", "StudyResult", "check_execution_id",
+           "check_run_id", "check_study_ref", "count_statuses", "new_execution_id"]
 
 STATUSES = ("completed", "diverged", "pruned", "failed", "running", "stopped", "pending")
 ENDED = ("completed", "diverged", "failed", "pruned")  # a run in these never runs again
 METRIC_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
                "test_accuracy", "epoch_seconds", "train_seconds")  # logged every epoch
+
+
+# A study name (the spec's `name` rule) and an execution id: the name, the start time and a
+# random suffix. Both become folder names and MLflow filter strings, so nothing else passes.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+EXECUTION_RE = re.compile(rf"^{NAME_PATTERN}-[0-9]{{8}}-[0-9]{{6}}-[0-9a-f]{{4}}$")
+NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # an MLflow run id (32 hex digits)
+_ALLOWED_EXECUTION = ("a study execution id: the study name (a letter or digit, then up to "
+                      "99 of letters, digits, '.', '_', '-'), then -YYYYMMDD-HHMMSS-xxxx "
+                      "(xxxx: 4 hex digits)")
+
+
+def new_execution_id(name: str) -> str:
+    """A new execution id for study `name` (matches EXECUTION_RE)."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{name}-{stamp}-{secrets.token_hex(2)}"
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 120 else value[:120] + "...")
+
+
+def check_execution_id(value: Any, where: str) -> str:
+    """`value` if it is an execution id, else SpecError naming `where` it came from."""
+    if not isinstance(value, str) or not EXECUTION_RE.fullmatch(value):
+        raise SpecError(f"{where}: {_shown(str(value))} is not a valid execution id. "
+                        f"Allowed: {_ALLOWED_EXECUTION}.")
+    return value
+
+
+def check_study_ref(value: str, where: str) -> str:
+    """`value` if it is a study name or an execution id, else SpecError."""
+    if not NAME_RE.fullmatch(value) and not EXECUTION_RE.fullmatch(value):
+        raise SpecError(f"{where}: {_shown(value)} is neither a study name nor an execution "
+                        f"id. Allowed: a study name (a letter or digit, then up to 99 of "
+                        f"letters, digits, '.', '_', '-') or {_ALLOWED_EXECUTION}.")
+    return value
+
+
+def check_run_id(value: Any, where: str) -> str:
+    """`value` if it looks like an MLflow run id, else SpecError."""
+    if not isinstance(value, str) or not RUN_ID_RE.fullmatch(value):
+        raise SpecError(f"{where}: {_shown(str(value))} is not an MLflow run id. Allowed: "
+                        "letters, digits, '_' and '-' (MLflow writes 32 hex digits).")
+    return value
 
 
 def last_line(text: str) -> str:
@@ -81,10 +133,10 @@ class StudyResult:
     mode: str
     runs: list[RunRecord]
     configs: list[ConfigRecord]
-    tracking_uri: str
+    tracking_uri: str = field(repr=False)  # may hold a password: see study.redact
     experiment_id: str
     parent_run_id: str
-    optuna_storage: str
+    optuna_storage: str = field(repr=False)
     optuna_study: str
     wall_seconds: float
     verdict: str = ""  # the terminal verdict table ("" when no report was built)

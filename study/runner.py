@@ -9,7 +9,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
-import datetime as _dt
 import importlib
 import logging
 import math
@@ -26,7 +25,25 @@ from typing import TYPE_CHECKING, Any
 
 from study.analysis import usable_value
 from study.checkpoints import CheckpointStore
-from study.results import ENDED, METRIC_KEYS, ConfigRecord, RunRecord, StudyResult
+from study.redact import (
+    credential_vars,
+    redact_text,
+    redact_tree,
+    redact_uri,
+    usable_uri,
+    use_http_credentials,
+)
+from study.results import (
+    ENDED,
+    METRIC_KEYS,
+    ConfigRecord,
+    RunRecord,
+    StudyResult,
+    check_execution_id,
+    check_run_id,
+    check_study_ref,
+    new_execution_id,
+)
 from study.results import last_line as _last_line
 from study.spec import SpecError, StudySpec, load_spec
 
@@ -367,10 +384,11 @@ def _open_optuna_storage(spec: StudySpec) -> Any:
         return optuna.storages.RDBStorage(spec.optuna_storage)
     except Exception as e:
         raise SpecError(
-            f"{spec.source}: field `storage.optuna`: cannot open {spec.optuna_storage!r} "
-            f"({type(e).__name__}: {_last_line(str(e))}). Allowed: an SQLAlchemy URL such as "
-            "sqlite:///optuna.db or postgresql://user:pw@host/db (reachable, with its driver "
-            "installed).") from None
+            f"{spec.source}: field `storage.optuna`: cannot open "
+            f"{redact_uri(spec.optuna_storage)!r} "
+            f"({type(e).__name__}: {redact_text(_last_line(str(e)))}). Allowed: an SQLAlchemy "
+            "URL such as sqlite:///optuna.db or postgresql://user:pw@host/db (reachable, with "
+            "its driver installed).") from None
 
 
 def run(spec: StudySpec | str | os.PathLike[str], *,
@@ -388,25 +406,27 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
         spec = load_spec(spec, overrides=overrides)
     elif overrides:
         raise ValueError("overrides apply to a spec file; pass a path, not a StudySpec")
+    spec = dataclasses.replace(spec, tracking_uri=use_http_credentials(spec.tracking_uri))
     t0 = time.monotonic()
     storage, cluster = _prepare(spec)
+    _credentials_out_of_runtime_env()
     from study.callback import StudyCallback
     from study.searcher import BlockSearcher
     from study.tracking import MlflowWriter
 
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    execution = f"{spec.name}-{stamp}-{secrets.token_hex(2)}"
+    execution = new_execution_id(spec.name)
     fuse, seeds_per_block = block_plan(spec, cluster)
     searcher = BlockSearcher(spec, storage=storage, study_name=execution,
                              seeds_per_block=seeds_per_block)
     writer = MlflowWriter(
         spec.tracking_uri, spec.name, parent_name=execution,
         parent_tags={"study.name": spec.name, "study.execution": execution,
-                     "study.question": spec.question, "study.spec_file": spec.source,
+                     "study.question": spec.question,
+                     "study.spec_file": redact_text(spec.source),
                      "study.status": "running",
-                     "optuna.storage": _redact(spec.optuna_storage),
+                     "optuna.storage": redact_uri(spec.optuna_storage),
                      "optuna.study_name": execution,
-                     "ray.address": os.environ.get("RAY_ADDRESS", "local"),
+                     "ray.address": redact_uri(os.environ.get("RAY_ADDRESS", "local")),
                      "mlflow.note.content": f"**{spec.question}**\n\n```\n{spec.summary()}\n```"},
         parent_params=_parent_params(spec),
     )
@@ -414,8 +434,8 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
     if echo:
         echo(spec.summary())
         echo(f"execution {execution}: Ray {cluster['CPU']:g} CPU / {cluster['GPU']:g} GPU; "
-             f"MLflow {spec.tracking_uri} (experiment {spec.name!r}); "
-             f"Optuna {_redact(spec.optuna_storage)}; "
+             f"MLflow {redact_uri(spec.tracking_uri)} (experiment {spec.name!r}); "
+             f"Optuna {redact_uri(spec.optuna_storage)}; "
              f"{_describe_plan(spec, fuse, seeds_per_block)}")
     callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"])
     return _execute(spec, execution, execution, searcher, writer, callback, storage,
@@ -423,7 +443,7 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
 
 
 def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
-           echo: Echo | None = _stderr) -> StudyResult:
+           optuna_storage: str | None = None, echo: Echo | None = _stderr) -> StudyResult:
     """Continue an interrupted study execution (driver killed, Ctrl-C, SIGTERM).
 
     `target` is a spec file, a study name (its latest execution) or an execution id. The
@@ -432,38 +452,42 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
     again; configurations Optuna was asked for are reused, not asked again; the parent run
     is reused. The counts of runs, MLflow child runs and Optuna trials end as those of an
     uninterrupted execution.
+
+    The stores' copies of URIs are redacted: a secret (a database password) comes from
+    `optuna_storage`, $STUDY_OPTUNA_STORAGE or the spec file given as `target`; the tracking
+    URI from `tracking_uri`, $MLFLOW_TRACKING_URI or that spec file.
     """
     from study.callback import StudyCallback
     from study.report import runs_from_mlflow
     from study.searcher import BlockSearcher
-    from study.spec import resolve_tracking_uri
-    from study.tracking import MlflowWriter, check_tracking_uri
+    from study.tracking import MlflowWriter, reachable_tracking_uri
 
     t0 = time.monotonic()
-    if Path(target).is_file():
-        given = load_spec(target)
-        name, uri = given.name, given.tracking_uri
-    else:
-        name = str(target)
-        uri = resolve_tracking_uri(tracking_uri)
-    check_tracking_uri(uri)
+    given = load_spec(target) if _is_file(target) else None
+    name = given.name if given else check_study_ref(str(target), "study resume: TARGET")
+    uri = reachable_tracking_uri(given.tracking_uri if given else tracking_uri)
     spec, rows, parent = runs_from_mlflow(uri, name)
     tags = parent.data.tags
-    execution = tags["study.execution"]
+    execution = check_execution_id(
+        tags.get("study.execution"), f"MLflow run {parent.info.run_id}: tag study.execution")
     if tags.get("study.status") == "finished":
         raise SpecError(f"study execution {execution} finished: nothing to resume "
                         f"(`study report {execution}` rebuilds its report).")
-    stored = tags.get("optuna.storage", "")
-    if stored and "***" not in stored:
-        spec = dataclasses.replace(spec, optuna_storage=stored)
-    spec = dataclasses.replace(spec, tracking_uri=uri)
+    spec = dataclasses.replace(spec, tracking_uri=uri, optuna_storage=usable_uri(
+        tags.get("optuna.storage") or spec.optuna_storage,
+        [("STUDY_OPTUNA_STORAGE", os.environ.get("STUDY_OPTUNA_STORAGE")),
+         ("the spec file (storage.optuna)", given.optuna_storage if given else None)],
+        what=f"the Optuna storage of {execution}",
+        explicit=("--optuna-storage", optuna_storage)))
     storage, cluster = _prepare(spec)
+    _credentials_out_of_runtime_env()
     done = {r["run_key"]: r for r in rows if r["status"] in ENDED}
     stale = [r for r in rows if r["status"] not in ENDED]
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     for r in stale:  # left RUNNING (driver killed) or KILLED (stopped): run again, afresh
+        check_run_id(r["mlflow_run_id"], f"execution {execution}: a child run's id")
         client.set_tag(r["mlflow_run_id"], "study.superseded_by_resume", "true")
         client.delete_run(r["mlflow_run_id"])
     for r in done.values():  # the driver died between a run's final tags and its end
@@ -495,6 +519,14 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
              f"{cluster['CPU']:g} CPU / {cluster['GPU']:g} GPU")
     return _execute(spec, execution, f"{execution}-resume{n_resume}", searcher, writer,
                     callback, storage, remaining, echo, t0, fuse)
+
+
+def _is_file(target: str | os.PathLike[str]) -> bool:
+    """Is `target` an existing file? False for what cannot be a path (too long, NUL)."""
+    try:
+        return Path(target).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def block_plan(spec: StudySpec, cluster: Mapping[str, float]) -> tuple[bool, int]:
@@ -583,7 +615,7 @@ def _check_job_paths(spec: StudySpec) -> None:
             (None if "://" in value else str(Path(value).resolve()))
         if path and Path(path).resolve().is_relative_to(cwd):
             raise SpecError(
-                f"{spec.source}: field `{field}`: {value!r} lies in the job's working "
+                f"{spec.source}: field `{field}`: {redact_uri(value)!r} lies in the job's working "
                 f"directory {cwd}, a temporary copy that Ray deletes. Allowed: a durable, "
                 f"shared location: set {env} on the cluster or with `ray job submit "
                 f"--runtime-env-json '{{\"env_vars\": {{\"{env}\": \"...\"}}}}'`, or "
@@ -749,8 +781,8 @@ def _result(spec: StudySpec, execution: str, status: str, cb: StudyCallback,
 def _spec_yaml(spec: StudySpec) -> str:
     import yaml
 
-    head = f"# {spec.source}, as run (overrides applied)\n"
-    return head + yaml.safe_dump(dict(spec.raw), sort_keys=False)
+    head = f"# {redact_text(spec.source)}, as run (overrides applied; secrets masked)\n"
+    return head + yaml.safe_dump(redact_tree(dict(spec.raw)), sort_keys=False)
 
 
 def _results_dir(spec: StudySpec) -> str:
@@ -763,14 +795,46 @@ def _results_dir(spec: StudySpec) -> str:
 
 
 def _checkpoint_dir(spec: StudySpec, execution: str) -> str:
+    """The execution's checkpoint folder; `execution` must be an execution id (it may come
+    from a store), so the folder stays inside the results folder."""
+    check_execution_id(execution, "execution id")
     return f"{_results_dir(spec).rstrip('/')}/{execution}/checkpoints"
 
 
 def _report_dir(spec: StudySpec, execution: str) -> Path:
     """Reports are written locally (and logged to MLflow), under the results folder when it
     is a local path, else under ./study_reports."""
+    check_execution_id(execution, "execution id")
     base = spec.results_dir if "://" not in spec.results_dir else "study_reports"
     return Path(base).resolve() / execution / "report"
+
+
+# Names Tune would copy into every trial's runtime env, held back on a local instance.
+_HELD_BACK: set[str] = set()
+
+
+def _credentials_out_of_runtime_env() -> None:
+    """Keep credential variables (study.redact.is_credential_var: AWS_*, *SECRET*, *TOKEN*,
+    *PASSWORD*, *KEY*, ...) out of the trials' runtime env on a local Ray instance.
+
+    Tune copies AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and
+    AWS_SECURITY_TOKEN into every trial's runtime env, and Ray's runtime-env agent logs that
+    env in plain text (logs/runtime_env_agent.log). A local instance's workers inherit the
+    driver's environment, so nothing is lost. On a cluster (RAY_ADDRESS set) Tune's
+    behaviour stays: the other nodes may need the credentials (README: "Secrets")."""
+    try:
+        from ray.tune.execution import class_cache
+
+        names: set[str] = class_cache.ENV_VARS_TO_PROPAGATE
+    except (ImportError, AttributeError):  # Tune moved it: nothing to hold back here
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        names |= _HELD_BACK
+        _HELD_BACK.clear()
+    else:
+        held = credential_vars(names)
+        _HELD_BACK.update(held)
+        names -= held
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -787,7 +851,7 @@ def _parent_params(spec: StudySpec) -> dict[str, Any]:
         "aggregate": f"mean {spec.metric} over the runs of a configuration",
     }
     if spec.dataset.path:
-        p["dataset_path"] = spec.dataset.path
+        p["dataset_path"] = redact_uri(spec.dataset.path)
     if spec.compare_knob:
         p["compare"] = f"{spec.compare_knob}: {list(spec.compare_levels)}"
     for k, v in spec.fixed.items():
@@ -795,14 +859,3 @@ def _parent_params(spec: StudySpec) -> dict[str, Any]:
     for k, d in spec.space.items():
         p[f"space.{k}"] = d.describe()
     return p
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a URL (postgresql://user:pw@host -> postgresql://user:***@host)."""
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        if ":" in cred:
-            cred = cred.split(":", 1)[0] + ":***"
-        return f"{scheme}://{cred}@{host}"
-    return url

@@ -26,6 +26,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from study.analysis import USABLE, usable_value
+from study.redact import redact_spec
 from study.space import define_by_run, expand_runs, make_sampler
 from study.spec import StudySpec
 
@@ -212,10 +213,22 @@ class BlockSearcher(Searcher):
             cfg.told = True
             self.next_to_tell += 1
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What Tune pickles (its searcher checkpoint, and tuner.pkl with the Tuner): the
+        progress, without the Optuna searcher (its storage URL may hold a password; Optuna's
+        RDB storage keeps its state) and with the spec redacted. A resume builds a new
+        searcher (runner.resume): nothing reads it back but :meth:`restore`."""
+        state = {**self.__dict__, "spec": redact_spec(self.spec)}
+        state.pop("inner", None)
+        return state
+
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as fh:
-            pickle.dump(self.__dict__, fh)
+            pickle.dump(self.__getstate__(), fh)
 
     def restore(self, checkpoint_path: str) -> None:
+        """Progress from :meth:`save`; this searcher's Optuna searcher and spec stay."""
         with open(checkpoint_path, "rb") as fh:
-            self.__dict__.update(pickle.load(fh))
+            state = pickle.load(fh)
+        state.pop("spec", None)
+        self.__dict__.update(state)

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from study.redact import redact_text, redact_uri
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["cache_dir", "seed_mlflow_store", "seed_optuna_storage"]
@@ -98,6 +100,7 @@ def _seed(uri: str, library: str, make: Callable[[str], None],
         finally:
             tmp.unlink(missing_ok=True)
     except Exception as e:  # an optimisation only: the library makes the store itself
-        logger.debug("no %s store from the cache for %s: %s", library, uri, e)
+        logger.debug("no %s store from the cache for %s: %s", library, redact_uri(uri),
+                     redact_text(str(e)))
         return False
     return True

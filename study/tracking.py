@@ -8,18 +8,21 @@ nothing is lost while the process lives. No Ray import here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from study.redact import redact_text, redact_uri, use_http_credentials
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["MlflowWriter", "TrackingError", "check_tracking_uri"]
+__all__ = ["MlflowWriter", "TrackingError", "check_tracking_uri", "reachable_tracking_uri"]
 
 MAX_ENTITIES_PER_BATCH = 1000  # MLflow's log_batch limits: in all, and of each kind
 MAX_PARAMS_PER_BATCH = 100
@@ -38,18 +41,35 @@ class _Op:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
+def reachable_tracking_uri(given: str | None = None, timeout: float = 5.0) -> str:
+    """The tracking URI `given` (else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db), with
+    HTTP credentials moved into MLflow's variables, checked within about `timeout` s."""
+    from study.spec import resolve_tracking_uri
+
+    uri = use_http_credentials(resolve_tracking_uri(given))
+    check_tracking_uri(uri, timeout)
+    return uri
+
+
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, with a clear message, when the tracking store cannot be reached."""
+    """Fail fast, with a clear message, when the tracking store cannot be reached.
+
+    An ``http(s)://user:pw@host`` URI: the credentials go to MLflow's variables first
+    (study.redact.use_http_credentials); messages name the URI redacted."""
+    uri = use_http_credentials(uri)
+    shown = redact_uri(uri)
     if uri.startswith(("http://", "https://")):
+        import http.client
         import urllib.error
         import urllib.request
 
         try:  # MLflow's own client retries for minutes; ask the server's health page once
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
                 r.read(100)
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
             raise TrackingError(
-                f"MLflow tracking server {uri!r} is unreachable ({e}). Start it (e.g. "
+                f"MLflow tracking server {shown!r} is unreachable "
+                f"({redact_text(str(e))}). Start it (e.g. "
                 "`mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000`) or set "
                 "MLFLOW_TRACKING_URI / `storage.tracking` to a reachable server or an "
                 "sqlite:/// path.") from None
@@ -59,15 +79,34 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
 
     seed_mlflow_store(uri)
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        # the server answered its health page: one try, with time for a busy server
+        with _quick_http(max(timeout, 30.0)) if uri.startswith(("http://", "https://")) \
+                else contextlib.nullcontext():
+            MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:  # mlflow raises many types; all mean "unusable"
-        first = str(e).splitlines()[0] if str(e) else ""
+        first = redact_text(str(e).splitlines()[0]) if str(e) else ""
         hint = (" The server wants credentials: set MLFLOW_TRACKING_USERNAME and "
-                "MLFLOW_TRACKING_PASSWORD." if "401" in first or "403" in first else "")
+                "MLFLOW_TRACKING_PASSWORD (or give them in the URI: "
+                "http://user:password@host)." if "401" in first or "403" in first else "")
         raise TrackingError(
-            f"MLflow tracking store {uri!r} is not usable: {type(e).__name__}: {first}."
+            f"MLflow tracking store {shown!r} is not usable: {type(e).__name__}: {first}."
             f"{hint} Set MLFLOW_TRACKING_URI or `storage.tracking` to a reachable server "
             "or an sqlite:/// path.") from None
+
+
+@contextlib.contextmanager
+def _quick_http(timeout: float) -> Iterator[None]:
+    """MLflow's HTTP client without retries and with a `timeout` (s) for one call, unless
+    the user set MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout)))}
+    added = {k: v for k, v in quick.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def _str(v: Any) -> str:
@@ -96,7 +135,7 @@ class MlflowWriter:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         # MLflow prints a link per ended run to stdout: the study prints its own summary.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        self.tracking_uri = tracking_uri
+        self.tracking_uri = redact_uri(tracking_uri)  # for messages; the client has it all
         self.client = MlflowClient(tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
