@@ -30,7 +30,7 @@ from study.analysis import (
 )
 from study.redact import redact_text, redact_uri, usable_uri
 from study.results import EXECUTION_RE, check_execution_id, check_run_id, check_study_ref
-from study.spec import KNOBS, StudySpec, parse_spec
+from study.spec import KNOBS, StudySpec, load_yaml_text, parse_spec
 
 __all__ = ["Report", "ReportInput", "build_report", "importance", "rebuild", "runs_from_mlflow",
            "verdict_table"]
@@ -468,7 +468,6 @@ def runs_from_mlflow(tracking_uri: str, name: str, execution: str | None = None,
     """
     import tempfile
 
-    import yaml
     from mlflow.tracking import MlflowClient
 
     from study.spec import SpecError
@@ -498,9 +497,9 @@ def runs_from_mlflow(tracking_uri: str, name: str, execution: str | None = None,
     check_run_id(parent.info.run_id, "MLflow parent run id")
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(parent.info.run_id, "spec.yaml", tmp)
-        raw = yaml.safe_load(Path(path).read_text())
-    spec = parse_spec(raw, source=f"MLflow run {parent.info.run_id}: spec.yaml",
-                      check_paths=False)
+        source = f"MLflow run {parent.info.run_id}: spec.yaml"
+        raw = load_yaml_text(Path(path).read_bytes(), source)  # a colleague's store: bounded
+    spec = parse_spec(raw, source=source, check_paths=False)
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
         max_results=50_000)

@@ -9,7 +9,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from study.spec import SpecError
+from study.spec import NAME_PATTERN, SpecError
 
 __all__ = ["ConfigRecord", "RunRecord", "StudyResult", "check_execution_id",
            "check_run_id", "check_study_ref", "count_statuses", "new_execution_id"]
@@ -20,9 +20,8 @@ METRIC_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test
                "test_accuracy", "epoch_seconds", "train_seconds")  # logged every epoch
 
 
-# A study name (the spec's `name` rule) and an execution id: the name, the start time and a
+# A study name (spec.NAME_PATTERN) and an execution id: the name, the start time and a
 # random suffix. Both become folder names and MLflow filter strings, so nothing else passes.
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 EXECUTION_RE = re.compile(rf"^{NAME_PATTERN}-[0-9]{{8}}-[0-9]{{6}}-[0-9a-f]{{4}}$")
 NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # an MLflow run id (32 hex digits)

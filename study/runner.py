@@ -781,8 +781,12 @@ def _result(spec: StudySpec, execution: str, status: str, cb: StudyCallback,
 def _spec_yaml(spec: StudySpec) -> str:
     import yaml
 
+    class NoAliases(yaml.SafeDumper):  # the spec reader refuses aliases: never write one
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
     head = f"# {redact_text(spec.source)}, as run (overrides applied; secrets masked)\n"
-    return head + yaml.safe_dump(redact_tree(dict(spec.raw)), sort_keys=False)
+    return head + yaml.dump(redact_tree(dict(spec.raw)), Dumper=NoAliases, sort_keys=False)
 
 
 def _results_dir(spec: StudySpec) -> str:

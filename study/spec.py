@@ -161,7 +161,9 @@ METRICS = {
     "val_loss": "min",
 }
 SAMPLERS = ("tpe", "random", "qmc")
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # with fullmatch: no "\n" at the end
+# A study name: MLflow experiment, Optuna study prefix and folder names (results.py reads it)
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+_NAME_RE = re.compile(NAME_PATTERN)  # with fullmatch: no "\n" at the end
 
 # Bounds of every other count and number: field -> (low, high), inclusive. Each high is far
 # past what a study needs and stops a typo (or 10^9) before it becomes hours or gigabytes.
