@@ -134,11 +134,11 @@ def test_database_password_and_aws_keys_leak_nowhere(ray_local, workdir, capfd, 
 @pytest.fixture
 def auth_server(tmp_path_factory, monkeypatch):
     """A real `mlflow server` with MLflow's basic-auth app; admin's password is PW."""
-    from tests.test_tracking_server import Server
+    from tests.test_tracking_server import tracking_server
 
     # no job runner processes (three of them): nothing here uses MLflow's jobs
     monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    server = Server(tmp_path_factory.mktemp("mlflow-auth"), auth_password=PW)
+    server = tracking_server(tmp_path_factory.mktemp("mlflow-auth"), auth_password=PW)
     server.start()
     yield server
     server.stop()
