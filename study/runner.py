@@ -313,7 +313,6 @@ def _init_ray(prestart: int | None = None, spare_cpu: bool = False) -> None:
 
     if ray.is_initialized():
         return  # the caller's Ray: theirs to stop
-    _quiet_ray_messages()
     address = os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False)
     atexit.register(_shutdown_ray)  # runs before Ray's own exit handler (registered first)
@@ -627,6 +626,7 @@ def _prepare_stores_and_ray(spec: StudySpec) -> tuple[Any, dict[str, float]]:
     # Ray starts here (seconds, mostly waiting for its processes; in the main thread, since
     # its processes die with the thread that started them) while a helper thread imports
     # MLflow and Optuna and opens the stores.
+    _quiet_ray_messages()
     for name in _RAY_INIT_IMPORTS:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
