@@ -217,6 +217,10 @@ def entry() -> NoReturn:
     Python's interpreter teardown: with torch, Ray, MLflow and SQLAlchemy loaded, that
     teardown took about 1.2 s here and does nothing anyone sees."""
     code = main()
+    from study import interrupts
+
+    # The outcome is settled: a signal while Ray stops (under a second) changes nothing.
+    interrupts.hold()
     sys.stdout.flush()
     sys.stderr.flush()
     main_thread = threading.main_thread()
