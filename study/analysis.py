@@ -9,10 +9,11 @@ Method (stated in every report):
   initial values for every shared parameter, same mini-batch order, same data split.
 - For each level other than the reference (the first level listed in `compare:`), the
   paired difference is ``metric(level) - metric(reference)`` within a pair.
-- Mean difference with a two-sided 95% paired-t confidence interval.
-- Equivalence: two one-sided tests (TOST) at alpha = 0.05 against ``±margin``, i.e. the
-  90% confidence interval lies inside the margin.
-- Verdict: *equivalent* (TOST passes), else *better* / *worse* (the 95% CI excludes 0;
+- Mean difference with a two-sided 100(1 - alpha)% paired-t confidence interval (alpha is
+  the spec's `verdict.alpha`, 0.05 unless set: a 95% interval).
+- Equivalence: two one-sided tests (TOST) at alpha against ``±margin``, i.e. the
+  100(1 - 2 alpha)% confidence interval lies inside the margin.
+- Verdict: *equivalent* (TOST passes), else *better* / *worse* (the interval excludes 0;
   direction by the metric's mode), else *inconclusive*, with the number of pairs that
   would likely settle it.
 - Failed runs carry no value: a pair with a failed arm is excluded, and counted. Diverged
@@ -29,10 +30,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["USABLE", "Effect", "curves", "paired_effects", "scale", "status_counts",
-           "usable_value"]
+__all__ = ["USABLE", "Effect", "ci_label", "curves", "paired_effects", "scale",
+           "status_counts", "usable_value"]
 
 USABLE = ("completed", "diverged")
+
+
+def ci_label(alpha: float) -> str:
+    """How an interval at significance level `alpha` is named: "95% CI" for 0.05."""
+    return f"{100 * (1 - alpha):.4g}% CI"
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,7 @@ class Effect:
     n: int  # usable pairs
     mean: float  # mean paired difference (level - reference)
     sd: float
-    ci_low: float  # 95% paired-t interval
+    ci_low: float  # two-sided 100(1 - alpha)% paired-t interval
     ci_high: float
     p_value: float  # two-sided paired t-test of mean = 0
     tost_p: float  # equivalence within ±margin (max of the two one-sided p-values)
@@ -59,17 +65,23 @@ class Effect:
     mean_reference: float
     mean_level: float
     differences: tuple[float, ...] = field(repr=False, default=())
+    alpha: float = 0.05  # the significance level the interval and the tests used
+
+    @property
+    def ci_label(self) -> str:
+        return ci_label(self.alpha)
 
     def sentence(self, higher_is_better: bool = True, unit: str = "pp") -> str:
         """E.g. 'bias=false vs bias=true changed test_accuracy by +0.02 pp, 95% CI
-        [-0.05, 0.09], n=40 pairs: equivalent within the ±0.5 pp margin.'"""
+        [-0.05, 0.09], n=40 pairs: equivalent within the ±0.5 pp margin.' (the interval
+        named by its level: 90% CI for alpha 0.1)"""
         s = scale(self.metric) if unit == "pp" else 1.0
         what = (f"{self.knob}={_v(self.level)} vs {self.knob}={_v(self.reference)}"
                 + ("" if self.group == "all" else f" ({self.group})"))
         if self.n == 0:
             return f"{what}: no usable pairs ({self.excluded_pairs} excluded)."
         u = f" {unit}" if s != 1 else ""
-        body = (f"{what} changed {self.metric} by {self.mean * s:+.2f}{u}, 95% CI "
+        body = (f"{what} changed {self.metric} by {self.mean * s:+.2f}{u}, {self.ci_label} "
                 f"[{self.ci_low * s:+.2f}, {self.ci_high * s:+.2f}], n={self.n} pairs")
         if self.verdict == "equivalent":
             tail = f"equivalent within the ±{self.margin * s:g}{u} margin"
@@ -165,7 +177,7 @@ def _effect(blocks: Mapping[tuple[Any, Any], Mapping[str, Mapping]], knob: str, 
     if n == 0:
         nan = math.nan
         return Effect(knob, ref, lvl, metric, group, 0, nan, nan, nan, nan, nan, nan, margin,
-                      "inconclusive", None, excluded, diverged, nan, nan)
+                      "inconclusive", None, excluded, diverged, nan, nan, alpha=alpha)
     mean = float(d.mean())
     sd = float(d.std(ddof=1)) if n > 1 else math.nan
     lo, hi, p, tost_p = _paired_t(d, margin, alpha)
@@ -178,7 +190,7 @@ def _effect(blocks: Mapping[tuple[Any, Any], Mapping[str, Mapping]], knob: str, 
     need = _pairs_needed(mean, sd, margin, alpha) if verdict == "inconclusive" else None
     return Effect(knob, ref, lvl, metric, group, n, mean, sd, lo, hi, p, tost_p, margin,
                   verdict, need, excluded, diverged, float(np.mean(refs)), float(np.mean(lvls)),
-                  tuple(float(x) for x in d))
+                  tuple(float(x) for x in d), alpha=alpha)
 
 
 def usable_value(row: Mapping[str, Any] | None, metric: str) -> float | None:
@@ -197,7 +209,7 @@ def usable_value(row: Mapping[str, Any] | None, metric: str) -> float | None:
 
 
 def _paired_t(d: np.ndarray, margin: float, alpha: float) -> tuple[float, float, float, float]:
-    """95% CI, two-sided p for mean 0, and the TOST p-value for ±margin."""
+    """The 100(1 - alpha)% CI, two-sided p for mean 0, and the TOST p-value for ±margin."""
     from scipy import stats
 
     n = len(d)
@@ -221,8 +233,8 @@ def _paired_t(d: np.ndarray, margin: float, alpha: float) -> tuple[float, float,
 def _pairs_needed(mean: float, sd: float, margin: float, alpha: float) -> int | None:
     """Pairs at which the expected interval would likely settle the question (normal
     approximation, the observed mean and spread taken as true): the fewer of those that
-    show a difference (the 95% interval excludes 0) and, when |mean| < margin, those that
-    show equivalence (the 90% interval fits inside ±margin)."""
+    show a difference (the 100(1 - alpha)% interval excludes 0) and, when |mean| < margin,
+    those that show equivalence (the 100(1 - 2 alpha)% interval fits inside ±margin)."""
     if not math.isfinite(sd) or sd == 0:
         return None
     from scipy import stats

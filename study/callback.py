@@ -242,9 +242,9 @@ class StudyCallback(tune.Callback):
 
 def _import_report_modules() -> None:
     """Import what the report needs (matplotlib; scikit-learn for Optuna's fANOVA: about
-    2 s) while runs train, so the report follows the last run at once. Any failure is
-    left to the report itself."""
-    with contextlib.suppress(Exception):
+    2 s) while runs train, so the report follows the last run at once. A module that
+    cannot be imported is left to the report, which says so."""
+    with contextlib.suppress(ImportError, OSError):
         import optuna.importance  # noqa: F401
 
         from study.report import _pyplot

@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from study import interrupts
+
+    interrupts.stop_now()  # SIGTERM, like Ctrl-C, interrupts from the start (exit 130)
     args = _parser().parse_args(argv)
     try:
         if args.command == "validate":
@@ -90,14 +93,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as e:
         _err(f"error: {e}")
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{args.command} INTERRUPTED", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_FAILED  # pragma: no cover - argparse guarantees a command
 
 
 def _run(args: argparse.Namespace) -> int:
-    from study.runner import resume, run
+    """`study run` and `study resume`: the summary on stdout, the outcome in the exit code
+    and, when it is not a clean finish, one line on stderr per problem saying what to do."""
+    from study.runner import ReportError, resume, run
     from study.tracking import TrackingError
 
     echo = None if args.quiet else _err
+    report_failed = ""
     try:
         if args.command == "resume":
             result = resume(args.target, tracking_uri=args.tracking_uri,
@@ -108,8 +117,10 @@ def _run(args: argparse.Namespace) -> int:
     except TrackingError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except ReportError as e:
+        result, report_failed = e.result, str(e)
+    except KeyboardInterrupt:  # before the study's execution existed
+        _err(_interrupted_early(args))
         return EXIT_INTERRUPTED
     print(summary(result))
     if result.verdict:
@@ -118,10 +129,50 @@ def _run(args: argparse.Namespace) -> int:
     if result.report_dir:
         print(f"report: {result.report_dir}/report.html (and report.md; also in the MLflow "
               "parent run's artifacts)")
+    return _outcome(result, report_failed)
+
+
+def _outcome(result: Any, report_failed: str) -> int:
+    """Print what went wrong, one line each; the exit code of the worst."""
+    lines, code = [], EXIT_OK
     if result.status == "interrupted":
-        print("study INTERRUPTED: not every run ended", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return EXIT_OK if result.status == "finished" else EXIT_FAILED
+        done = sum(1 for r in result.runs if r.status in ("completed", "diverged", "failed",
+                                                           "pruned"))
+        lines.append(f"study INTERRUPTED: {done} run(s) ended and are kept; continue with "
+                     f"`study resume {result.execution}`")
+        code = EXIT_INTERRUPTED
+    elif result.status != "finished":
+        failed = [r for r in result.runs if r.status == "failed"]
+        why = _first_error(failed)
+        lines.append(f"study FAILED: every run failed ({len(failed)} of {len(result.runs)})"
+                     + (f"; first error: {why}" if why else ""))
+        code = EXIT_FAILED
+    if report_failed:
+        lines.append(f"report FAILED ({report_failed}); every run is stored: rebuild it "
+                     f"with `study report {result.execution}`")
+        code = code or EXIT_FAILED
+    if result.mlflow_dropped_writes:
+        lines.append(f"MLflow FAILED to store {result.mlflow_dropped_writes} write(s) (runs: "
+                     f"{', '.join(result.mlflow_dropped_runs) or 'unknown'}); counted in the "
+                     f"parent run's tag study.mlflow_dropped_writes")
+        code = code or EXIT_FAILED
+    for line in lines:
+        _err(line)
+    return code
+
+
+def _first_error(failed: Sequence[Any]) -> str:
+    from study.results import last_line
+
+    return next((last_line(r.error)[:300] for r in failed if r.error), "")
+
+
+def _interrupted_early(args: argparse.Namespace) -> str:
+    if args.command == "resume":
+        return (f"study INTERRUPTED while resuming, before any run started; continue with "
+                f"`study resume {args.target}`")
+    return ("study INTERRUPTED while starting, before any run started: nothing to resume; "
+            f"start it again with `study run {args.spec}`")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -186,6 +237,10 @@ def entry() -> NoReturn:
     Python's interpreter teardown: with torch, Ray, MLflow and SQLAlchemy loaded, that
     teardown took about 1.2 s here and does nothing anyone sees."""
     code = main()
+    from study import interrupts
+
+    # The outcome is settled: a signal while Ray stops (under a second) changes nothing.
+    interrupts.hold()
     sys.stdout.flush()
     sys.stderr.flush()
     main_thread = threading.main_thread()

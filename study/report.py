@@ -22,6 +22,7 @@ from study.analysis import (
     Effect,
     _blocks,
     _v,
+    ci_label,
     curves,
     paired_effects,
     scale,
@@ -127,7 +128,7 @@ def verdict_table(report: Report, spec: StudySpec) -> str:
     s = scale(spec.verdict_metric)
     unit = " pp" if s == 100.0 else ""
     head = f"{'comparison':<34} {'group':<16} {'n':>4} {'mean diff' + unit:>13}  " \
-           f"{'95% CI':<19} verdict"
+           f"{ci_label(spec.alpha):<19} verdict"
     lines = [f"verdict on {spec.verdict_metric} (margin ±{spec.margin * s:g}{unit}, "
              f"paired t, TOST):", head, "-" * len(head)]
     for e in report.effects:
@@ -179,7 +180,7 @@ def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str,
                 str(e.excluded_pairs), str(e.diverged_pairs)])
         b.append(("table", ([
             "comparison", "group", "pairs", f"mean ref{unit}", f"mean level{unit}",
-            f"diff{unit}", "95% CI", "p (diff)", "p (TOST)", "verdict", "excluded",
+            f"diff{unit}", ci_label(spec.alpha), "p (diff)", "p (TOST)", "verdict", "excluded",
             "diverged"], rows)))
         b.append(("img", "effects.png"))
         b.append(("p", _method(spec)))
@@ -387,7 +388,8 @@ def _plot_effects(effects: Sequence[Effect], spec: StudySpec) -> bytes:
     ax.set_yticklabels([f"{_v(e.level)} vs {_v(e.reference)} ({e.group}, n={e.n}): "
                         f"{e.verdict}" for e in reversed(shown)])
     unit = " (pp)" if s == 100.0 else ""
-    ax.set_xlabel(f"paired difference in {spec.verdict_metric}{unit}: mean, 95% CI, pairs")
+    ax.set_xlabel(f"paired difference in {spec.verdict_metric}{unit}: mean, "
+                  f"{ci_label(spec.alpha)}, pairs")
     ax.set_title(f"{spec.compare_knob}: effect on {spec.verdict_metric}")
     ax.legend(loc="lower right", fontsize=8)
     return _fig_png(fig)

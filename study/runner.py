@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import secrets
-import signal
 import socket
 import sys
 import threading
@@ -23,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from study import interrupts
 from study.analysis import usable_value
 from study.checkpoints import CheckpointStore
 from study.redact import (
@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # imports Ray Tune: at run time only inside run()/resume()
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRIC_KEYS", "resume", "run", "trainable"]
+__all__ = ["METRIC_KEYS", "ReportError", "resume", "run", "trainable"]
 
 Echo = Callable[[str], None]
 
@@ -220,7 +220,7 @@ def _plain_worker_actors() -> None:
     pre-started worker: each trial actor then starts a new process that imports Tune and
     torch (measured: first trial 2.7 s after fit() instead of 0.2 s). Nothing here uses
     Lightning. If Tune moves this constant, trials start as before, only slower."""
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(ImportError, AttributeError):
         from ray.tune.execution import class_cache
 
         class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
@@ -249,7 +249,7 @@ def _lean_local_instance(prestart: int | None = None) -> Iterator[None]:
         originals = {n: getattr(Node, n)
                      for n in ("start_api_server", "start_monitor", "start_log_monitor")}
         start_ray_process = services.start_ray_process
-    except Exception:
+    except (ImportError, AttributeError):
         yield
         return
 
@@ -321,21 +321,84 @@ def _spare_cpu(spec: StudySpec) -> bool:
 
 def _init_ray(prestart: int | None = None, spare_cpu: bool = False) -> None:
     """Join RAY_ADDRESS's cluster, or start a local instance that pre-starts at most
-    `prestart` workers (with SPARE_CPU_RAY_ENV if `spare_cpu`)."""
+    `prestart` workers (with SPARE_CPU_RAY_ENV if `spare_cpu`).
+
+    Without RAY_ADDRESS the instance is always this study's own (address "local"): a bare
+    ray.init() would join the cluster that `ray start` last made on this machine (named
+    in Ray's temp folder, even once that cluster is gone)."""
     import ray
 
     if ray.is_initialized():
         return  # the caller's Ray: theirs to stop
     address = os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        with _lean_local_instance(prestart), \
-                _environ({**LOCAL_RAY_ENV, **(SPARE_CPU_RAY_ENV if spare_cpu else {})}):
-            ray.init(include_dashboard=False,
-                     _system_config={"preload_python_modules": WORKER_PRELOAD}, **kwargs)
     atexit.register(_shutdown_ray)  # runs before Ray's own exit handler (registered first)
+    if address:
+        with _ray_keeps_our_signals():
+            ray.init(address=address, **kwargs)
+    else:
+        with _lean_local_instance(prestart), _ray_keeps_our_signals(), \
+                _environ({**LOCAL_RAY_ENV, **(SPARE_CPU_RAY_ENV if spare_cpu else {})}):
+            ray.init(address="local", include_dashboard=False,
+                     _system_config={"preload_python_modules": WORKER_PRELOAD}, **kwargs)
+
+
+# Ray's log messages that say nothing to the user of a study, by logger and the start of
+# the message: the token-authentication notice of a local instance (it serves this study
+# only), and Tune's advice on an interrupted run (to call Tuner.restore: a study continues
+# with `study resume`, which the study says itself).
+QUIET_RAY_MESSAGES = {
+    "ray._private.authentication.authentication_token_setup": (
+        "Token authentication is enabled for this Ray cluster",),
+    "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted",
+                      "Trials did not complete"),
+}
+
+
+class _DropMessages(logging.Filter):
+    """Drops the records whose message starts with one of `prefixes`."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__("study")
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+def _quiet_ray_messages() -> None:
+    for name, prefixes in QUIET_RAY_MESSAGES.items():
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in log.filters):
+            log.addFilter(_DropMessages(prefixes))
+
+
+@contextlib.contextmanager
+def _ray_keeps_our_signals() -> Iterator[None]:
+    """While ray.init runs, keep the study's SIGTERM handling (study.interrupts) in place.
+
+    ray.init installs a SIGTERM handler that exits with code 15 (and its node one that
+    exits with 1), and the driver's core worker installs a C++ failure handler that prints
+    a native stack for SIGTERM before passing it on. Both are kept out of this process
+    only: Ray's own processes and workers keep theirs, and Python's faulthandler (Ray turns
+    it on in the driver) still reports a crash. Ray internals: if they move, Ray starts as
+    it always did."""
+    try:
+        from ray._private import ray_constants
+        from ray._private import utils as ray_utils
+
+        set_sigterm_handler = ray_utils.set_sigterm_handler
+        no_native_handler = ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER
+    except (ImportError, AttributeError):
+        yield
+        return
+    ray_utils.set_sigterm_handler = lambda handler: None
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = set_sigterm_handler
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = no_native_handler
 
 
 def _shutdown_ray() -> None:
@@ -346,7 +409,8 @@ def _shutdown_ray() -> None:
     Measured at the end of a study here: 1.9 s before, 0.2-0.4 s after."""
     import ray
 
-    with contextlib.suppress(Exception):  # Ray internals: if they move, the slow way
+    # Ray internals: if they move, the slow way
+    with contextlib.suppress(AttributeError, TypeError, OSError):
         node = ray._private.worker._global_node
         # nothing to autoscale on a local instance (which normally runs without a monitor:
         # _lean_local_instance)
@@ -564,7 +628,18 @@ def _record_from_row(r: Mapping[str, Any]) -> RunRecord:
 
 def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
     """Everything that must hold before any run starts: stores reachable, Ray up, the
-    resources the spec asks for present."""
+    resources the spec asks for present. From here on SIGINT and SIGTERM interrupt the
+    study (study.interrupts): at once until Ray is up, then held while the stores are
+    written, until the trials start (_execute)."""
+    interrupts.stop_now()  # before Ray starts, so that Ray's own handling never applies
+    try:
+        return _prepare_stores_and_ray(spec)
+    except BaseException:
+        interrupts.restore()
+        raise
+
+
+def _prepare_stores_and_ray(spec: StudySpec) -> tuple[Any, dict[str, float]]:
     from study.data import check_dataset
     from study.tracking import check_tracking_uri
 
@@ -586,11 +661,13 @@ def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
     # Ray starts here (seconds, mostly waiting for its processes; in the main thread, since
     # its processes die with the thread that started them) while a helper thread imports
     # MLflow and Optuna and opens the stores.
+    _quiet_ray_messages()
     for name in _RAY_INIT_IMPORTS:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     stores = _Background(_open_stores, spec, not server)
     _init_ray(prestart=_slots(spec), spare_cpu=_spare_cpu(spec))
+    interrupts.hold()
     storage = stores.result()
     import ray.tune  # noqa: F401
 
@@ -692,73 +769,99 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
             callbacks=[callback]),
     )
     status = "failed"
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread():
-        # SIGTERM stops the study like Ctrl-C: Tune winds down, the study says interrupted.
-        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    report_error: Exception | None = None
     try:
-        if num_samples > 0:
-            tuner.fit()
-        ended = sum(1 for r in callback.records.values() if r.status in ENDED)
-        status = "finished" if ended == spec.total_runs else "interrupted"
+        if interrupts.held():  # it came while the stores were being prepared
+            status = "interrupted"
+        else:
+            interrupts.through_tune()  # SIGTERM stops the trials like Ctrl-C
+            if num_samples > 0:
+                tuner.fit()
+            status = _outcome(spec, callback)
     except KeyboardInterrupt:
         status = "interrupted"
     finally:
-        main = threading.current_thread() is threading.main_thread()
-        late: list[int] = []
-        if main:
-            # Once the runs are over, a SIGTERM waits until the report is written and the
-            # parent run is closed (about a second), so the stores are never left half-done.
-            signal.signal(signal.SIGTERM, lambda signum, _: late.append(signum))
+        # Once the trials are over, a signal waits until the report is written and the
+        # parent run is closed (about a second), so the stores are never left half-done.
+        interrupts.hold()
         writer.flush()
         result = _result(spec, execution, status, callback, searcher, writer,
                          time.monotonic() - t0)
         for rec in result.runs:
             rec.mlflow_run_id = writer.child_ids.get(rec.run_key)
         if status != "failed":
-            _report(spec, result, storage, writer, _report_dir(spec, execution), echo)
-        best = result.best
-        tags = {f"study.runs_{k}": v for k, v in callback.counts().items()}
-        tags["study.status"] = status
-        if best is not None:
-            tags["study.best_config"] = best.index
-            tags[f"study.best_{spec.metric}"] = f"{best.value:.6g}"
-        for e in result.effects:
-            if e.group == "all" and e.n:
-                tags[f"study.verdict.{spec.compare_knob}.{e.level}"] = e.verdict
-        mlflow_status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
-        if not writer.close(mlflow_status, tags=tags) and echo:
-            echo("WARNING: some MLflow writes could not be sent (see the log above)")
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+            try:
+                _report(spec, result, storage, writer, _report_dir(spec, execution))
+            except Exception as e:  # raised below, once the stores are closed
+                report_error = e
+        _close(spec, result, callback, writer, report_error)
+        late = interrupts.held()
+        interrupts.restore()
         if late and echo:
-            echo(f"SIGTERM arrived after the last run: the study was {status}; its report "
+            echo(f"{late} arrived after the last run: the study was {status}; its report "
                  "and the stores were written first")
+    if report_error is not None:
+        raise ReportError(result, report_error) from report_error
     return result
 
 
-def _report(spec: StudySpec, result: StudyResult, storage: Any, writer: Any, folder: Path,
-            echo: Echo | None) -> None:
-    """Build the report, write it to `folder` and log it to the parent run. A failure here
-    loses no run: it is reported and the report can be rebuilt with `study report`."""
+def _outcome(spec: StudySpec, callback: StudyCallback) -> str:
+    """finished (every run ended), failed (every run failed) or interrupted."""
+    counts = callback.counts()
+    if spec.total_runs and counts["failed"] == spec.total_runs:
+        return "failed"
+    ended = sum(counts[k] for k in ENDED)
+    return "finished" if ended == spec.total_runs else "interrupted"
+
+
+def _close(spec: StudySpec, result: StudyResult, callback: StudyCallback, writer: Any,
+           report_error: Exception | None) -> None:
+    """Tag and end the parent run: KILLED if interrupted, FAILED if every run failed or the
+    report could not be made, else FINISHED; writes MLflow dropped go into `result`."""
+    best = result.best
+    tags = {f"study.runs_{k}": v for k, v in callback.counts().items()}
+    tags["study.status"] = result.status
+    if best is not None:
+        tags["study.best_config"] = best.index
+        tags[f"study.best_{spec.metric}"] = f"{best.value:.6g}"
+    for e in result.effects:
+        if e.group == "all" and e.n:
+            tags[f"study.verdict.{spec.compare_knob}.{e.level}"] = e.verdict
+    if report_error is not None:
+        tags["study.report_error"] = f"{type(report_error).__name__}: {report_error}"
+    mlflow_status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(result.status,
+                                                                         "FAILED")
+    if report_error is not None and mlflow_status == "FINISHED":
+        mlflow_status = "FAILED"
+    writer.close(mlflow_status, tags=tags)
+    result.mlflow_dropped_writes = writer.dropped_writes
+    result.mlflow_dropped_runs = [k or "(parent run)" for k in writer.dropped_runs]
+
+
+class ReportError(RuntimeError):
+    """The runs ended and are stored, but the report could not be made; `result` holds
+    them and `study report EXECUTION` rebuilds the report from the stores."""
+
+    def __init__(self, result: StudyResult, cause: Exception) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.result = result
+
+
+def _report(spec: StudySpec, result: StudyResult, storage: Any, writer: Any,
+            folder: Path) -> None:
+    """Build the report, write it to `folder` and log it to the parent run."""
     from study.report import ReportInput, build_report, importance, verdict_table
 
-    try:
-        imp, note = importance(storage, result.optuna_study)
-        rep = build_report(ReportInput(
-            spec=spec, execution=result.execution, rows=result.table(), importance=imp,
-            importance_note=note, parent_run_id=writer.parent_run_id,
-            tracking_uri=spec.tracking_uri, status=result.status))
-        rep.write(folder)
-        writer.client.log_artifacts(writer.parent_run_id, str(folder), "report")
-        result.report_dir = str(folder)
-        result.effects = rep.effects
-        result.verdict = verdict_table(rep, spec)
-    except Exception as e:
-        logger.exception("report failed")
-        if echo:
-            echo(f"WARNING: the report could not be built ({type(e).__name__}: {e}); every "
-                 f"run is stored: rebuild it with `study report {result.execution}`")
+    imp, note = importance(storage, result.optuna_study)
+    rep = build_report(ReportInput(
+        spec=spec, execution=result.execution, rows=result.table(), importance=imp,
+        importance_note=note, parent_run_id=writer.parent_run_id,
+        tracking_uri=spec.tracking_uri, status=result.status))
+    rep.write(folder)
+    writer.client.log_artifacts(writer.parent_run_id, str(folder), "report")
+    result.report_dir = str(folder)
+    result.effects = rep.effects
+    result.verdict = verdict_table(rep, spec)
 
 
 def _result(spec: StudySpec, execution: str, status: str, cb: StudyCallback,

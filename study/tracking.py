@@ -3,7 +3,8 @@
 One experiment per study, one parent run per execution, one nested child run per training
 run. :class:`MlflowWriter` queues every write and a background thread sends them in
 batches (``log_batch``); a write that fails (server down) stays queued and is retried, so
-nothing is lost while the process lives. No Ray import here.
+nothing is lost while the process lives. A write MLflow refuses for good drops that run's
+writes only, counted and reported by ``close()``. No Ray import here.
 """
 
 from __future__ import annotations
@@ -114,6 +115,14 @@ def _str(v: Any) -> str:
     return s[:MAX_PARAM_CHARS]
 
 
+class _Refused(Exception):
+    """A write that has no MLflow run to go to (its run's creation was refused)."""
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
+
+
 def _permanent(e: Exception) -> bool:
     """An MLflow error that retrying cannot fix (a bad name or value, not a lost server)."""
     code = getattr(e, "error_code", "")
@@ -159,7 +168,11 @@ class MlflowWriter:
         self._stop = False
         self._flush_seconds = flush_seconds
         self._failures = 0
-        self._inflight: list[_Op] = []  # the writes of the MLflow call under way
+        # Writes MLflow refused for good (a deleted run, a value it rejects), per run key
+        # ("" is the parent): counted, never retried; later writes for that run go too.
+        self.dropped_writes = 0
+        self.dropped_runs: dict[str, str] = {}  # run key -> why MLflow refused it
+        self.crash: BaseException | None = None  # what ended the sending thread, if not close
         self._thread = threading.Thread(target=self._loop, name="study-mlflow", daemon=True)
         self._thread.start()
 
@@ -189,7 +202,10 @@ class MlflowWriter:
 
     def _put(self, op: _Op) -> None:
         with self._lock:
-            self._ops.append(op)
+            if op.key in self.dropped_runs:  # MLflow refused this run already
+                self.dropped_writes += 1
+            else:
+                self._ops.append(op)
 
     # ---- consumer side ----
 
@@ -200,7 +216,7 @@ class MlflowWriter:
             with self._lock:
                 if not self._ops:
                     return True
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or not self._thread.is_alive():
                 return False
             self._wake.set()
             time.sleep(0.05)
@@ -211,10 +227,14 @@ class MlflowWriter:
 
     def close(self, status: str = "FINISHED", tags: Mapping[str, Any] | None = None,
               timeout: float | None = None) -> bool:
-        """Flush, tag and end the parent run; returns False if writes were left unsent.
+        """Flush, tag and end the parent run; True if every write reached MLflow.
 
         Waits up to `timeout` seconds (default $STUDY_MLFLOW_FLUSH_TIMEOUT or 600) for a
-        tracking server that is down to come back."""
+        tracking server that is down to come back. Writes MLflow refused, or left unsent,
+        are counted in `dropped_writes` (their runs in `dropped_runs`) and named in the
+        parent's tags ``study.mlflow_dropped_writes`` and ``study.mlflow_dropped_runs``."""
+        from mlflow.exceptions import MlflowException
+
         if timeout is None:
             timeout = float(os.environ.get("STUDY_MLFLOW_FLUSH_TIMEOUT", "600"))
         if tags:
@@ -222,41 +242,57 @@ class MlflowWriter:
         if not self.flush(5.0):
             logger.warning("MLflow: %d writes queued for %s; waiting up to %.0f s for it",
                            self.pending(), self.tracking_uri, timeout)
-        ok = self.flush(timeout)
+        self.flush(timeout)
         self._stop = True
         self._wake.set()
         self._thread.join(timeout=10)
-        if ok:
+        with self._lock:
+            unsent, self._ops = len(self._ops), deque()
+        if unsent:
+            logger.error("MLflow: %d writes could not be sent to %s", unsent,
+                         self.tracking_uri)
+        self.dropped_writes += unsent
+        end = [("set_tags", self._tag_dropped)] if self.dropped_writes else []
+        for what, call in [*end, ("end", lambda: self.client.set_terminated(
+                self.parent_run_id, status))]:
             try:
-                self.client.set_terminated(self.parent_run_id, status)
-            except Exception as e:
-                logger.error("could not end the MLflow parent run: %s", e)
-                ok = False
-        else:
-            with self._lock:
-                left = len(self._ops)
-            logger.error("MLflow: %d writes could not be sent to %s", left, self.tracking_uri)
-        return ok
+                call()
+            except MlflowException as e:  # counted: the caller reports it
+                logger.error("MLflow: could not %s the parent run %s: %s", what.replace(
+                    "_", " "), self.parent_run_id, _first_line(e))
+                self.dropped_writes += 1
+                self.dropped_runs.setdefault("", _first_line(e))
+        return self.dropped_writes == 0
+
+    def _tag_dropped(self) -> None:
+        from mlflow.entities import RunTag
+
+        runs = ", ".join(k or "(parent run)" for k in self.dropped_runs) or "(none refused)"
+        self.client.log_batch(self.parent_run_id, tags=[
+            RunTag("study.mlflow_dropped_writes", str(self.dropped_writes)),
+            RunTag("study.mlflow_dropped_runs", _str(runs))])
 
     def _loop(self) -> None:
+        try:
+            self._send_until_stopped()
+        except BaseException as e:  # a bug: close() then reports its writes as unsent
+            self.crash = e
+            raise
+
+    def _send_until_stopped(self) -> None:
+        from mlflow.exceptions import MlflowException
+
         while not self._stop:
             self._wake.wait(self._flush_seconds)
             self._wake.clear()
             try:
                 self._drain()
                 self._failures = 0
-            except Exception as e:
-                if _permanent(e):  # retrying cannot help: say so, drop those writes
-                    dropped, self._inflight = list(self._inflight), []
-                    self._done(dropped)
-                    logger.error("MLflow rejected a write (%s) for run %r: %s; dropped",
-                                 ",".join(sorted({op.kind for op in dropped})) or "?",
-                                 dropped[0].key if dropped else "?", e)
-                    continue
+            except (MlflowException, OSError) as e:  # e.g. the server is down: retried
                 self._failures += 1
                 if self._failures in (1, 10) or self._failures % 100 == 0:
                     logger.warning("MLflow write failed (%s: %s); kept queued, retrying",
-                                   type(e).__name__, e)
+                                   type(e).__name__, _first_line(e))
                 time.sleep(min(30.0, 0.5 * 2 ** min(self._failures, 6)))
 
     def _drain(self) -> None:
@@ -265,11 +301,32 @@ class MlflowWriter:
         queue once MLflow has taken it."""
         with self._lock:
             queued = list(self._ops)
+        from mlflow.exceptions import MlflowException
+
         by_run: dict[str, list[_Op]] = {}
         for op in queued:
             by_run.setdefault(op.key, []).append(op)
         for key, ops in by_run.items():
-            self._send_run(key, ops)
+            try:
+                self._send_run(key, ops)
+            except _Refused as e:
+                self._drop_run(key, str(e))
+            except MlflowException as e:
+                if not _permanent(e):
+                    raise  # retried (_send_until_stopped)
+                self._drop_run(key, f"{type(e).__name__}: {_first_line(e)}")
+
+    def _drop_run(self, key: str, why: str) -> None:
+        """MLflow refused a write of run `key` for good: drop its queued writes and every
+        later one (counted), and go on with the other runs."""
+        with self._lock:
+            mine = [op for op in self._ops if op.key == key]
+            self._ops = deque(op for op in self._ops if op.key != key)
+            self.dropped_writes += len(mine)
+            self.dropped_runs[key] = why
+        logger.error("MLflow refused a write for %s (%s); its %d queued writes and any "
+                     "later ones are dropped", f"run {key!r}" if key else "the parent run",
+                     why, len(mine))
 
     def _send_run(self, key: str, ops: list[_Op]) -> None:
         from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -282,7 +339,7 @@ class MlflowWriter:
         def run_id() -> str:
             rid = self.child_ids.get(key) if key else self.parent_run_id
             if rid is None:
-                raise RuntimeError(f"{ops[0].kind} for unknown run {key!r}")
+                raise _Refused(f"{ops[0].kind} for a run that has no MLflow run")
             return rid
 
         def send() -> None:
@@ -290,7 +347,6 @@ class MlflowWriter:
             while metrics or params or tag_list:
                 p, t = params[:MAX_PARAMS_PER_BATCH], tag_list[:MAX_TAGS_PER_BATCH]
                 m = metrics[:MAX_ENTITIES_PER_BATCH - len(p) - len(t)]
-                self._inflight = covered
                 self.client.log_batch(run_id(), metrics=m, params=p, tags=t)
                 del metrics[:len(m)], params[:len(p)], tag_list[:len(t)]
             tags.clear()
@@ -300,7 +356,6 @@ class MlflowWriter:
         for op in ops:
             if op.kind == "end":  # after everything before it has been sent
                 send()
-                self._inflight = [op]
                 self.client.set_terminated(run_id(), RunStatus.to_string(
                     RunStatus.from_string(op.payload["status"])))
                 self._done([op])
@@ -308,7 +363,6 @@ class MlflowWriter:
             covered.append(op)
             if op.kind == "create":
                 if key not in self.child_ids:
-                    self._inflight = covered
                     run_tags = {"mlflow.parentRunId": self.parent_run_id, **op.payload["tags"]}
                     run = self.client.create_run(
                         self.experiment_id, run_name=op.payload["name"],
