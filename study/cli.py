@@ -30,8 +30,16 @@ def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the arguments it echoes in its errors made printable."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {printable(message)}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="study", description="Distributed hyperparameter studies of CNN folklore "
         "(Ray Tune + Optuna + MLflow + PyTorch).")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -81,8 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from study.data import check_dataset
 
                 check_dataset(spec.dataset, spec.source)
-                print(printable(spec.summary()))
-                print(f"OK: {printable(path)}")
+                _out(spec.summary())
+                _out(f"OK: {path}")
             return EXIT_OK
         if args.command == "run":
             return _run(args)
@@ -94,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"error: {e}")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"{args.command} INTERRUPTED", file=sys.stderr)
+        _err(f"{args.command} INTERRUPTED")
         return EXIT_INTERRUPTED
     return EXIT_FAILED  # pragma: no cover - argparse guarantees a command
 
@@ -102,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     """`study run` and `study resume`: the summary on stdout, the outcome in the exit code
     and, when it is not a clean finish, one line on stderr per problem saying what to do."""
-    from study.runner import ReportError, resume, run
+    from study.results import ReportError
+    from study.runner import resume, run
     from study.tracking import TrackingError
 
     echo = None if args.quiet else _err
@@ -115,20 +124,19 @@ def _run(args: argparse.Namespace) -> int:
             spec = load_spec(args.spec, overrides=_overrides(args.overrides))
             result = run(spec, echo=echo)
     except TrackingError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _err(f"error: {e}")
         return EXIT_BAD_INPUT
     except ReportError as e:
         result, report_failed = e.result, str(e)
     except KeyboardInterrupt:  # before the study's execution existed
         _err(_interrupted_early(args))
         return EXIT_INTERRUPTED
-    print(summary(result))
+    _out(summary(result))
     if result.verdict:
-        print()
-        print(result.verdict)
+        _out(f"\n{result.verdict}")
     if result.report_dir:
-        print(f"report: {result.report_dir}/report.html (and report.md; also in the MLflow "
-              "parent run's artifacts)")
+        _out(f"report: {result.report_dir}/report.html (and report.md; also in the MLflow "
+             "parent run's artifacts)")
     return _outcome(result, report_failed)
 
 
@@ -184,11 +192,16 @@ def _report(args: argparse.Namespace) -> int:
                                        optuna_storage=args.optuna_storage, out_dir=args.out,
                                        log_to_mlflow=not args.no_log)
     except TrackingError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _err(f"error: {e}")
         return EXIT_BAD_INPUT
-    print(verdict_table(report, spec))
-    print(f"report: {folder / 'report.html'} (and report.md)")
+    _out(verdict_table(report, spec))
+    _out(f"report: {folder / 'report.html'} (and report.md)")
     return EXIT_OK
+
+
+def _out(text: str) -> None:
+    """Text for the user on stdout; control characters from user strings made visible."""
+    print(printable(text))
 
 
 def _err(msg: str) -> None:
@@ -202,7 +215,7 @@ def summary(result: Any) -> str:
     lines = [
         "",
         f"study {result.name}: {result.status} in {result.wall_seconds:.0f} s; runs: "
-        + ", ".join(f"{v} {k}" for k, v in counts.items() if v),
+        + (", ".join(f"{v} {k}" for k, v in counts.items() if v) or "none ended"),
     ]
     scored = [c for c in result.configs if c.value is not None]
     reverse = result.mode == "max"

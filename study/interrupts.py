@@ -17,13 +17,14 @@ thread) every call here does nothing and the caller's handling stays.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["held", "hold", "restore", "stop_now", "through_tune"]
+__all__ = ["held", "hold", "restore", "restored_on_error", "stop_now", "through_tune"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _saved: dict[int, Any] = {}  # the handlers before the study's, restored by restore()
@@ -87,3 +88,14 @@ def restore() -> None:
             signal.signal(signum, handler)
     _saved.clear()
     _held.clear()
+
+
+@contextlib.contextmanager
+def restored_on_error() -> Iterator[None]:
+    """The caller's handlers back if the block raises (a study run from Python that fails
+    part-way must not leave a notebook's Ctrl-C held)."""
+    try:
+        yield
+    except BaseException:
+        restore()
+        raise

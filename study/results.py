@@ -9,9 +9,10 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from study.redact import redact_text
 from study.spec import NAME_PATTERN, SpecError
 
-__all__ = ["ConfigRecord", "RunRecord", "StudyResult", "check_execution_id",
+__all__ = ["ConfigRecord", "ReportError", "RunRecord", "StudyResult", "check_execution_id",
            "check_run_id", "check_study_ref", "count_statuses", "new_execution_id"]
 
 STATUSES = ("completed", "diverged", "pruned", "failed", "running", "stopped", "pending")
@@ -163,3 +164,12 @@ class StudyResult:
     def table(self) -> list[dict[str, Any]]:
         """One row per run: knobs as ``param.*``, final metrics, status, ids."""
         return [r.as_row() for r in self.runs]
+
+
+class ReportError(RuntimeError):
+    """The runs ended and are stored, but the report could not be made; `result` holds
+    them and `study report EXECUTION` rebuilds the report from the stores."""
+
+    def __init__(self, result: StudyResult, cause: Exception) -> None:
+        super().__init__(redact_text(f"{type(cause).__name__}: {last_line(str(cause))}"))
+        self.result = result

@@ -37,6 +37,7 @@ from study.results import (
     ENDED,
     METRIC_KEYS,
     ConfigRecord,
+    ReportError,
     RunRecord,
     StudyResult,
     check_execution_id,
@@ -46,19 +47,20 @@ from study.results import (
 )
 from study.results import last_line as _last_line
 from study.spec import SpecError, StudySpec, load_spec
+from study.terminal import printable
 
 if TYPE_CHECKING:  # imports Ray Tune: at run time only inside run()/resume()
     from study.callback import StudyCallback
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRIC_KEYS", "ReportError", "resume", "run", "trainable"]
+__all__ = ["METRIC_KEYS", "resume", "run", "trainable"]
 
 Echo = Callable[[str], None]
 
 
 def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(printable(msg), file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -465,12 +467,22 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
         overrides: dotted keys applied to the YAML before validation,
             e.g. ``{"search.trials": 2, "train.epochs": 1}``.
         echo: where progress lines go (``None``: silent).
+
+    Raises:
+        SpecError: a bad spec, data file or store, found before any run.
+        ReportError: the runs ended and are stored but the report failed
+            (``study report EXECUTION`` rebuilds it); ``.result`` holds them.
     """
     if not isinstance(spec, StudySpec):
         spec = load_spec(spec, overrides=overrides)
     elif overrides:
         raise ValueError("overrides apply to a spec file; pass a path, not a StudySpec")
     spec = dataclasses.replace(spec, tracking_uri=use_http_credentials(spec.tracking_uri))
+    with interrupts.restored_on_error():
+        return _run(spec, echo)
+
+
+def _run(spec: StudySpec, echo: Echo | None) -> StudyResult:
     t0 = time.monotonic()
     storage, cluster = _prepare(spec)
     _credentials_out_of_runtime_env()
@@ -520,7 +532,17 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
     The stores' copies of URIs are redacted: a secret (a database password) comes from
     `optuna_storage`, $STUDY_OPTUNA_STORAGE or the spec file given as `target`; the tracking
     URI from `tracking_uri`, $MLFLOW_TRACKING_URI or that spec file.
+
+    Raises:
+        SpecError: nothing to resume, or a store or secret it needs is missing.
+        ReportError: the runs ended and are stored but the report failed.
     """
+    with interrupts.restored_on_error():
+        return _resume(target, tracking_uri, optuna_storage, echo)
+
+
+def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
+            optuna_storage: str | None, echo: Echo | None) -> StudyResult:
     from study.callback import StudyCallback
     from study.report import runs_from_mlflow
     from study.searcher import BlockSearcher
@@ -694,9 +716,9 @@ def _check_job_paths(spec: StudySpec) -> None:
             raise SpecError(
                 f"{spec.source}: field `{field}`: {redact_uri(value)!r} lies in the job's working "
                 f"directory {cwd}, a temporary copy that Ray deletes. Allowed: a durable, "
-                f"shared location: set {env} on the cluster or with `ray job submit "
-                f"--runtime-env-json '{{\"env_vars\": {{\"{env}\": \"...\"}}}}'`, or "
-                f"`{field}` in the spec.")
+                f"shared location: set {env} in the environment of the cluster's nodes "
+                f"(a URL with a password: there, not in `ray job submit --runtime-env-json`, "
+                f"which Ray logs in plain text), or `{field}` in the spec.")
 
 
 def _check_shared_results(spec: StudySpec) -> None:
@@ -828,7 +850,8 @@ def _close(spec: StudySpec, result: StudyResult, callback: StudyCallback, writer
         if e.group == "all" and e.n:
             tags[f"study.verdict.{spec.compare_knob}.{e.level}"] = e.verdict
     if report_error is not None:
-        tags["study.report_error"] = f"{type(report_error).__name__}: {report_error}"
+        tags["study.report_error"] = redact_text(f"{type(report_error).__name__}: "
+                                                 f"{_last_line(str(report_error))}")
     mlflow_status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(result.status,
                                                                          "FAILED")
     if report_error is not None and mlflow_status == "FINISHED":
@@ -836,15 +859,6 @@ def _close(spec: StudySpec, result: StudyResult, callback: StudyCallback, writer
     writer.close(mlflow_status, tags=tags)
     result.mlflow_dropped_writes = writer.dropped_writes
     result.mlflow_dropped_runs = [k or "(parent run)" for k in writer.dropped_runs]
-
-
-class ReportError(RuntimeError):
-    """The runs ended and are stored, but the report could not be made; `result` holds
-    them and `study report EXECUTION` rebuilds the report from the stores."""
-
-    def __init__(self, result: StudyResult, cause: Exception) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
-        self.result = result
 
 
 def _report(spec: StudySpec, result: StudyResult, storage: Any, writer: Any,
