@@ -37,8 +37,9 @@ def ray_local():
     # Fault injection for the crash test is read by the workers from their environment.
     os.environ["STUDY_INJECT_FAILURE"] = "crashy/c000-lr=0.05-s0,retry/c000-s0@2"
     # "local": a new instance of its own, never the cluster `ray start` last made here
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False,
+                       log_to_driver=False)
+    yield context  # context.address_info["session_dir"]: its logs, for the secret scans
     ray.shutdown()
 
 

@@ -3,7 +3,8 @@
 Reusable by any test that runs the project with a credential in its configuration (SQLite
 with a ``?password=``, a PostgreSQL URL, an authenticated MLflow server, AWS_* variables):
 
-    leaks = find_secrets([PASSWORD, AWS_KEY], folders=[workdir, ray_session_dir()],
+    session = ray_local.address_info["session_dir"]  # the ray_local fixture's instance
+    leaks = find_secrets([PASSWORD, AWS_KEY], folders=[workdir, session],
                          texts={"stdout": out, "stderr": err})
     assert not leaks, leaks
 """
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import quote
 
-__all__ = ["basic_auth_form", "find_secrets", "forms", "ray_session_dir"]
+__all__ = ["basic_auth_form", "find_secrets", "forms"]
 
 
 def forms(secret: str) -> set[bytes]:
@@ -63,12 +64,3 @@ def find_secrets(secrets: Iterable[str], *, folders: Iterable[str | Path] = (),
             if form in data:
                 leaks.append(f"{where}: {secret[:3]}... as {form[:12]!r}")
     return leaks
-
-
-def ray_session_dir() -> Path | None:
-    """The folder of the Ray instance this process is connected to (its logs inside)."""
-    import ray
-
-    if not ray.is_initialized():
-        return None
-    return Path(ray._private.worker._global_node.get_session_dir_path())

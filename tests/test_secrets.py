@@ -20,7 +20,7 @@ from study.redact import (
 )
 from study.spec import SpecError
 from tests.conftest import tiny_spec
-from tests.secret_scan import basic_auth_form, find_secrets, ray_session_dir
+from tests.secret_scan import basic_auth_form, find_secrets
 
 PW = "S3cr3t-Pw-9f2"
 AWS_SECRET = "AwsS3cretKey-7Qx2Zz9"
@@ -124,8 +124,8 @@ def test_database_password_and_aws_keys_leak_nowhere(ray_local, workdir, capfd, 
     captured()
     assert parent_run(tracking, "secrets")[1].data.tags["study.status"] == "finished"
 
-    session = ray_session_dir()
-    assert session is not None and (session / "logs").is_dir()
+    session = Path(ray_local.address_info["session_dir"])
+    assert (session / "logs").is_dir()
     leaks = find_secrets([PW, AWS_SECRET], folders=[workdir, session],
                          texts={f"output {i}": t for i, t in enumerate(outputs)})
     assert not leaks, "\n".join(leaks)
@@ -174,7 +174,8 @@ def test_http_user_password_tracking_uri_works_and_leaks_nowhere(
     assert parent.data.tags["study.status"] == "finished"
     assert len(client.search_runs([parent.info.experiment_id])) == 3  # parent + one pair
     leaks = find_secrets([PW, basic_auth_form("admin", PW)],
-                         folders=[workdir, auth_server.root / "artifacts", ray_session_dir()],
+                         folders=[workdir, auth_server.root / "artifacts",
+                                  ray_local.address_info["session_dir"]],
                          texts={"out": out1 + out2 + out3, "err": err1 + err2 + err3})
     assert not leaks, "\n".join(leaks)
     # the server's own files (its log, its stores) hold no plain password either
