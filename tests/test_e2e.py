@@ -110,8 +110,10 @@ def test_study_end_to_end_and_reproducible(ray_local, workdir):
 
 
 def test_crashed_and_diverged_runs_are_recorded_and_the_study_goes_on(ray_local, workdir):
-    raw = tiny_spec(name="crashy", compare={"lr": [0.05, 1.0e6]},
-                    space={"depth": {"int": [1, 2]}},
+    # conv biases starting at 100 in one conv layer without norm: a loss of 7e4 in epoch 1
+    raw = tiny_spec(name="crashy", compare={"bias_init": [0.0, 100.0]},
+                    model={"name": "cnn", "width": 4, "norm": "none", "depth": 1},
+                    space={"lr": {"log": [0.01, 0.1]}},
                     search={"sampler": "random", "trials": 2, "seed": 0},
                     execution={"retries": 1}, train={"epochs": 3, "batch_size": 32})
     res = study.run(write_spec(workdir / "crashy.yaml", raw), echo=None)
@@ -119,7 +121,7 @@ def test_crashed_and_diverged_runs_are_recorded_and_the_study_goes_on(ray_local,
     counts = res.counts()
     assert counts["failed"] == 1 and counts["diverged"] == 2 and counts["completed"] == 1
     failed = next(r for r in res.runs if r.status == "failed")
-    assert failed.run_key == "c000-lr=0.05-s0" and "injected failure" in failed.error
+    assert failed.run_key == "c000-bias_init=0.0-s0" and "injected failure" in failed.error
     diverged = [r for r in res.runs if r.status == "diverged"]
     assert all(r.epochs < 3 for r in diverged)
     # the failed run is left out of its configuration's value; the diverged ones count
@@ -128,9 +130,9 @@ def test_crashed_and_diverged_runs_are_recorded_and_the_study_goes_on(ray_local,
     _, parents, children = mlflow_runs("crashy")
     status = {c.data.tags["study.run_key"]: (c.info.status, c.data.tags["study.status"])
               for c in children}
-    assert status["c000-lr=0.05-s0"] == ("FAILED", "failed")
-    assert status["c000-lr=1000000.0-s0"] == ("FINISHED", "diverged")
-    err = next(c for c in children if c.data.tags["study.run_key"] == "c000-lr=0.05-s0")
+    assert status["c000-bias_init=0.0-s0"] == ("FAILED", "failed")
+    assert status["c000-bias_init=100.0-s0"] == ("FINISHED", "diverged")
+    err = next(c for c in children if c.data.tags["study.run_key"] == "c000-bias_init=0.0-s0")
     assert "injected failure" in err.data.tags["study.error"]
     assert parents[0].data.tags["study.runs_failed"] == "1"
     assert parents[0].data.tags["study.runs_diverged"] == "2"
