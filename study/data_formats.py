@@ -11,11 +11,7 @@ allowed.
 from __future__ import annotations
 
 import gzip
-import io
 import math
-import pickle
-import pickletools
-import re
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
@@ -24,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from study import plain_pickle
 from study.spec import SpecError
+from study.terminal import short_repr, short_text
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -124,7 +122,7 @@ def read_npz(path: str) -> Arrays:
             names = z.namelist()
             missing = [k for k in NPZ_KEYS if k + ".npy" not in names]
             if missing:
-                shown = ", ".join(_show(n) for n in names[:10]) or "nothing"
+                shown = ", ".join(short_repr(n) for n in names[:10]) or "nothing"
                 raise DataFileError(path, f"no array {', '.join(missing)} (it holds {shown})",
                                     NPZ_ALLOWED)
             raw = {k: _npz_array(z, k, f"{path} (array {k})") for k in NPZ_KEYS}
@@ -133,7 +131,7 @@ def read_npz(path: str) -> Arrays:
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError,
             NotImplementedError) as e:  # not a zip, or a corrupt or exotic one
         raise DataFileError(path, f"not a readable .npz (zip) archive ({type(e).__name__}: "
-                            f"{_clean(str(e))})", NPZ_ALLOWED) from None
+                            f"{short_text(str(e))})", NPZ_ALLOWED) from None
     return checked(raw, {k: f"{path} (array {k})" for k in NPZ_KEYS})
 
 
@@ -157,7 +155,7 @@ def _npz_array(z: zipfile.ZipFile, key: str, where: str) -> np.ndarray:
         raise
     except (ValueError, zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
             NotImplementedError) as e:  # truncated, corrupt, encrypted, odd compression
-        raise DataFileError(where, f"unreadable ({type(e).__name__}: {_clean(str(e))})",
+        raise DataFileError(where, f"unreadable ({type(e).__name__}: {short_text(str(e))})",
                             NPZ_ALLOWED) from None
 
 
@@ -212,7 +210,7 @@ def read_idx(path: Path, images: bool | None = None) -> np.ndarray:
             need = math.prod(dims) * np.dtype(dtype).itemsize
             data = fh.read(need + 1)  # one more byte: a longer file is as wrong as a short one
     except (OSError, EOFError, zlib.error) as e:  # unreadable, or a corrupt .gz
-        raise DataFileError(where, f"unreadable ({type(e).__name__}: {_clean(str(e))})",
+        raise DataFileError(where, f"unreadable ({type(e).__name__}: {short_text(str(e))})",
                             allowed) from None
     if len(data) != need:
         found = "more than" if len(data) > need else f"{len(data)} bytes, not"
@@ -274,7 +272,7 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         bad = next((i for i, v in enumerate(labels)
                     if type(v) is not int or not 0 <= v < CIFAR_CLASSES), None)
         if bad is not None:
-            raise DataFileError(where, f"label {_show(labels[bad])} at index {bad}",
+            raise DataFileError(where, f"label {short_repr(labels[bad])} at index {bad}",
                                 f"integer labels 0..{CIFAR_CLASSES - 1}")
         y = np.array(labels, dtype=np.int64)
     else:
@@ -288,19 +286,14 @@ def _entry(batch: dict[Any, Any], key: str, where: str) -> Any:
     for k in (key.encode(), key):  # bytes keys (Python 2 pickles) or str keys
         if k in batch:
             v = batch[k]
-            return v.array if isinstance(v, _PickledArray) else v
-    keys = ", ".join(_show(k) for k in list(batch)[:10]) or "none"
+            return v.array if isinstance(v, plain_pickle.PickledArray) else v
+    keys = ", ".join(short_repr(k) for k in list(batch)[:10]) or "none"
     raise DataFileError(where, f"no `{key}` entry (its keys: {keys})", CIFAR_ALLOWED)
 
 
 def _load_plain_pickle(path: Path) -> Any:
-    """Unpickle a file that may hold plain data (dict, list, tuple, str, bytes, int, float,
-    bool, None) and numeric numpy arrays and scalars, and nothing else: no other class, no
-    callable, no code. Arrays come back as :class:`_PickledArray` holders (`.array`).
-
-    The file is scanned first (pickletools, without building anything): opcodes that make
-    objects of arbitrary classes or reach outside the file are refused, and memo indices
-    are bounded, since CPython's unpickler allocates its memo up to the largest index."""
+    """A batch file's plain data (study.plain_pickle: no class, no callable, no code from the
+    file); arrays come back as :class:`plain_pickle.PickledArray` holders (`.array`)."""
     where = str(path)
     _need_file(path, CIFAR_ALLOWED)
     try:
@@ -313,169 +306,10 @@ def _load_plain_pickle(path: Path) -> Any:
         raise DataFileError(where, f"unreadable ({type(e).__name__}: {e.strerror})",
                             CIFAR_ALLOWED) from None
     try:
-        _scan_pickle(raw)
-        return _PlainUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            EOFError, OverflowError, MemoryError, RecursionError) as e:
+        return plain_pickle.load(raw, max_ops=MAX_PICKLE_OPS)
+    except plain_pickle.REFUSED as e:
         raise DataFileError(where, f"not a plain-data pickle ({type(e).__name__}: "
-                            f"{_clean(str(e), 200)})", CIFAR_ALLOWED) from None
-
-
-# Opcodes that build objects of a class named in the file, or reach outside it.
-_REFUSED_OPS = frozenset({"PERSID", "BINPERSID", "EXT1", "EXT2", "EXT4", "INST", "OBJ",
-                          "NEWOBJ", "NEWOBJ_EX", "NEXT_BUFFER", "READONLY_BUFFER"})
-
-
-def _scan_pickle(raw: bytes) -> None:
-    for ops, (op, arg, pos) in enumerate(pickletools.genops(raw), start=1):
-        if ops > MAX_PICKLE_OPS:
-            raise pickle.UnpicklingError(f"more than {MAX_PICKLE_OPS} pickle opcodes")
-        if op.name in _REFUSED_OPS:
-            raise pickle.UnpicklingError(f"opcode {op.name} at byte {pos} is refused")
-        if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg) > ops:
-            raise pickle.UnpicklingError(f"memo index {arg} at byte {pos} exceeds the "
-                                         f"{ops} opcodes before it")
-
-
-class _Global:
-    """What a global named in a pickle stands for: `fn`, if not None, is what calling it does.
-    A pickle can neither change it (no attributes) nor give it a state (BUILD)."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[..., Any] | None) -> None:
-        object.__setattr__(self, "fn", fn)
-
-    def __call__(self, *args: Any) -> Any:
-        if self.fn is None:
-            raise pickle.UnpicklingError("a pickle calls numpy.ndarray, which numpy never writes")
-        return self.fn(*args)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise pickle.UnpicklingError("a pickle sets an attribute of a global")
-
-    def __setstate__(self, state: Any) -> None:
-        raise pickle.UnpicklingError("a pickle gives a global a state")
-
-
-_NDARRAY = _Global(None)  # numpy.ndarray: only an argument of _reconstruct
-_DTYPE_CODE = re.compile(r"[<>|=]?[biuf][1248]")
-
-
-class _PickledDtype:
-    """A numeric dtype named in a pickle; BUILD gives its byte order."""
-
-    def __init__(self, code: str) -> None:
-        self.code, self.order = code, "="
-
-    def __setstate__(self, state: Any) -> None:
-        if not (isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4)
-                and _text(state[1]) in ("<", ">", "|", "=")
-                and state[2:5] == (None, None, None)):
-            raise pickle.UnpicklingError(f"dtype state {_show(state)} is not that of a plain "
-                                         "numeric dtype")
-        self.order = _text(state[1])
-
-    def real(self) -> np.dtype:
-        dt = np.dtype(self.code)
-        return dt.newbyteorder(self.order) if self.order in "<>" else dt
-
-
-class _PickledArray:
-    """An array named in a pickle, built by numpy.frombuffer from its checked state."""
-
-    array: np.ndarray | None = None
-
-    def __setstate__(self, state: Any) -> None:
-        if self.array is not None or not isinstance(state, tuple) or len(state) not in (4, 5):
-            raise pickle.UnpicklingError("an array state that numpy does not write")
-        shape, dtype, fortran, data = state[-4:]  # (version,) shape, dtype, fortran, data
-        self.array = _array(data, dtype, shape, "F" if fortran else "C")
-
-
-def _array(data: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
-    if not isinstance(dtype, _PickledDtype):
-        raise pickle.UnpicklingError(f"array dtype {_describe(dtype)}")
-    if not (isinstance(shape, tuple) and len(shape) <= 8
-            and all(type(d) is int and d >= 0 for d in shape)):
-        raise pickle.UnpicklingError(f"array shape {_show(shape)}")
-    if math.prod(shape) > MAX_VALUES:
-        raise pickle.UnpicklingError(f"array shape {shape}: over {MAX_VALUES} values")
-    if not isinstance(data, bytes | bytearray):
-        raise pickle.UnpicklingError(f"array data {_describe(data)}")
-    dt = dtype.real()
-    if len(data) != math.prod(shape) * dt.itemsize:
-        raise pickle.UnpicklingError(f"{len(data)} bytes of data for an array of shape "
-                                     f"{shape} and dtype {dt}")
-    return np.frombuffer(data, dtype=dt).reshape(shape, order=order)
-
-
-def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> _PickledArray:
-    if subtype is not _NDARRAY or shape != (0,) or typecode not in ("b", b"b"):
-        raise pickle.UnpicklingError("_reconstruct with arguments numpy does not write")
-    return _PickledArray()
-
-
-def _frombuffer(data: Any, dtype: Any, shape: Any, order: Any) -> _PickledArray:
-    if _text(order) not in ("C", "F"):
-        raise pickle.UnpicklingError(f"array order {_show(order)}")
-    held = _PickledArray()
-    held.array = _array(data, dtype, shape, _text(order))
-    return held
-
-
-def _dtype(code: Any, align: Any = False, copy: Any = False) -> _PickledDtype:
-    text = _text(code)
-    if not _DTYPE_CODE.fullmatch(text):
-        raise pickle.UnpicklingError(f"dtype {_show(code)} (numeric dtypes only: b, i, u, f)")
-    return _PickledDtype(text)
-
-
-def _scalar(dtype: Any, data: Any) -> bool | int | float:
-    if not isinstance(dtype, _PickledDtype) or not isinstance(data, bytes):
-        raise pickle.UnpicklingError("scalar with arguments numpy does not write")
-    return _array(data, dtype, (1,), "C")[0].item()
-
-
-def _latin1(text: Any, encoding: Any) -> bytes:
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError("_codecs.encode with arguments pickle does not write")
-    return text.encode("latin1")
-
-
-# Every global a pickle may name, and what it gets instead: numpy's array pickles need
-# _reconstruct, ndarray and dtype (protocols 0-4), _frombuffer and dtype (protocol 5),
-# scalar for numpy scalars, and _codecs.encode for bytes in protocols 0-2 written by Python 3.
-# `numpy.core` is the name pickles written by numpy 1.x use (the real CIFAR-10 files).
-_ADMITTED: dict[tuple[str, str], _Global] = {
-    ("numpy._core.multiarray", "_reconstruct"): _Global(_reconstruct),
-    ("numpy.core.multiarray", "_reconstruct"): _Global(_reconstruct),
-    ("numpy._core.numeric", "_frombuffer"): _Global(_frombuffer),
-    ("numpy.core.numeric", "_frombuffer"): _Global(_frombuffer),
-    ("numpy._core.multiarray", "scalar"): _Global(_scalar),
-    ("numpy.core.multiarray", "scalar"): _Global(_scalar),
-    ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _Global(_dtype),
-    ("_codecs", "encode"): _Global(_latin1),
-}
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> _Global:
-        found = _ADMITTED.get((module, name))
-        if found is None:
-            raise pickle.UnpicklingError(
-                f"it names {_clean(module, 60)}.{_clean(name, 60)}, which this reader refuses "
-                "(it loads plain data and numpy arrays only, and runs no code from a file)")
-        return found
-
-
-def _text(v: Any) -> str:
-    if isinstance(v, bytes):
-        return v.decode("latin1")
-    if isinstance(v, str):
-        return v
-    raise pickle.UnpicklingError(f"expected a string, found {_describe(v)}")
+                            f"{short_text(str(e), 200)})", CIFAR_ALLOWED) from None
 
 
 # --------------------------------------------------------------------------------------
@@ -601,14 +435,3 @@ def _describe(v: Any) -> str:
         return f"a {type(v).__name__} of {len(v)} items"
     return f"a {type(v).__name__}"
 
-
-def _show(v: Any, most: int = 80) -> str:
-    """A value for a message: repr (no control characters from a file), cut short."""
-    s = ascii(v)
-    return s if len(s) <= most else s[:most] + "..."
-
-
-def _clean(text: str, most: int = 120) -> str:
-    """Text for a message: control and non-ASCII characters escaped, cut short."""
-    s = ascii(text)[1:-1]
-    return s if len(s) <= most else s[:most] + "..."

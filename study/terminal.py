@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["printable"]
+__all__ = ["printable", "short_repr", "short_text"]
 
 # C0 controls but tab and newline, DEL, C1 controls (0x9b is CSI on some terminals), line
 # and paragraph separators, bidirectional embeddings/overrides/isolates, lone surrogates
@@ -33,3 +33,16 @@ def printable(text: object) -> str:
     True
     """
     return _UNSAFE.sub(_escape, str(text))
+
+
+def short_repr(value: object, most: int = 80) -> str:
+    """A value read from a file, for a message: its ASCII repr, cut after `most` characters."""
+    s = ascii(value)
+    return s if len(s) <= most else s[:most] + "..."
+
+
+def short_text(text: str, most: int = 120) -> str:
+    """Text read from a file, for a message: non-ASCII and control characters escaped, cut
+    after `most` characters."""
+    s = ascii(text)[1:-1]
+    return s if len(s) <= most else s[:most] + "..."
