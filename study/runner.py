@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from study import interrupts
+from study import environ, interrupts
 from study.analysis import usable_value
 from study.checkpoints import CheckpointStore
 from study.redact import (
@@ -279,18 +279,6 @@ def _lean_local_instance(prestart: int | None = None) -> Iterator[None]:
         services.start_ray_process = start_ray_process
 
 
-@contextlib.contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables the process does not set already; restore on exit."""
-    added = {k: v for k, v in values.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
-
-
 _PRESTART = "--num_prestart_python_workers="
 
 
@@ -340,7 +328,7 @@ def _init_ray(prestart: int | None = None, spare_cpu: bool = False) -> None:
             ray.init(address=address, **kwargs)
     else:
         with _lean_local_instance(prestart), _ray_keeps_our_signals(), \
-                _environ({**LOCAL_RAY_ENV, **(SPARE_CPU_RAY_ENV if spare_cpu else {})}):
+                environ.defaults({**LOCAL_RAY_ENV, **(SPARE_CPU_RAY_ENV if spare_cpu else {})}):
             ray.init(address="local", include_dashboard=False,
                      _system_config={"preload_python_modules": WORKER_PRELOAD}, **kwargs)
 

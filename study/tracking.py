@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from study import environ
 from study.redact import redact_text, redact_uri, use_http_credentials
 
 logger = logging.getLogger(__name__)
@@ -101,13 +102,8 @@ def _quick_http(timeout: float) -> Iterator[None]:
     the user set MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT."""
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
              "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(timeout)))}
-    added = {k: v for k, v in quick.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
+    with environ.defaults(quick):
         yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
 
 
 def _str(v: Any) -> str:
