@@ -12,8 +12,8 @@ keep their final record and do not train again.
 
 Checkpoints: every `checkpoint_every` epochs, or (None, the default) after an epoch that
 ends at least AUTO_CHECKPOINT_SECONDS after the unit's last checkpoint; always when a unit
-ends. A checkpoint of a digits-size model takes about 2 ms: after every epoch of 0.15 s,
-over 1% of the training. By time, a worker that dies costs at most about
+ends. By time, because a checkpoint after every epoch of a short run costs a noticeable
+share of its training, while a worker that dies costs at most about
 AUTO_CHECKPOINT_SECONDS of each unit's training, trained again.
 """
 

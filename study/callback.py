@@ -155,16 +155,15 @@ class StudyCallback(tune.Callback):
     # -- helpers --
 
     def _maybe_warm(self, trials: list, idle_seconds: float = 0.5) -> None:
-        """Import what the report needs (about 2 s of CPU) on a CPU that no trial uses, so
+        """Import what the report needs (seconds of CPU) on a CPU that no trial uses, so
         that the report follows the last run at once without slowing any run down.
 
         Not before the first trial has completed (Tune is in its steady state by then:
         nothing else imports in the driver), and only once a whole CPU has been free of
         trials for `idle_seconds`: at once when the study runs fewer trials at a time than
         there are CPUs; at the end, when a slot has no trial left to run, when every CPU is
-        a slot (the short gap between two trials does not count). Measured on 2 cores with
-        2 trials at a time: importing as soon as the first trial completed slowed the runs
-        training beside it."""
+        a slot (the short gap between two trials does not count). Importing while every CPU
+        runs a trial would slow those trials down."""
         if self._warmed or not self._completed:
             return
         busy = sum(float(self.spec.cpu) for t in trials if t.status == "RUNNING")
@@ -241,8 +240,8 @@ class StudyCallback(tune.Callback):
 
 
 def _import_report_modules() -> None:
-    """Import what the report needs (matplotlib; scikit-learn for Optuna's fANOVA: about
-    2 s) while runs train, so the report follows the last run at once. A module that
+    """Import what the report needs (matplotlib; scikit-learn for Optuna's fANOVA) while
+    runs train, so the report follows the last run at once. A module that
     cannot be imported is left to the report, which says so."""
     with contextlib.suppress(ImportError, OSError):
         import optuna.importance  # noqa: F401

@@ -248,7 +248,7 @@ def entry() -> NoReturn:
     When `main` returns, every result is written and the stores are closed. The exit
     handlers then run as usual (Ray's shutdown among them), and the process leaves without
     Python's interpreter teardown: with torch, Ray, MLflow and SQLAlchemy loaded, that
-    teardown took about 1.2 s here and does nothing anyone sees."""
+    teardown is slow and does nothing anyone sees."""
     code = main()
     from study import interrupts
 

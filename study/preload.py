@@ -6,10 +6,9 @@ a Ray instance kept up on a workstation (``ray start --head``). The first trial 
 pre-started worker then finds torch, Tune and the training code loaded. Not imported by
 ``import study``.
 
-torch.optim imports torch._dynamo when a worker builds its first optimizer (about 1 s
-here). Importing it here as well, even in a background thread, made a study slower on 2
-cores (n=3: 54.1 s against 52.7 s): the pre-started workers compete with the driver's own
-start for the CPU.
+torch._dynamo, which torch.optim imports when a worker builds its first optimizer, is
+left out on purpose: importing it here too, even in a background thread, makes the
+pre-started workers compete with the driver's own start for the CPU.
 """
 
 import ray.tune  # noqa: F401

@@ -194,8 +194,8 @@ WORKER_PRELOAD = ["study.preload"]
 # Ray settings for the local instance `study` starts, as environment variables while it
 # starts (its processes inherit them; a setting of the user's wins): no task events. They
 # feed only the dashboard's task views and the State API (`ray list tasks`); the local
-# instance runs without a dashboard, and a driver that reported them waited 0.26 s at exit
-# for the core worker's final flush of them (9 ms without: n=3 each). 0 turns them off (as
+# instance runs without a dashboard, and a driver that reports them waits at exit for the
+# core worker's final flush of them. 0 turns them off (as
 # in Ray's own test_globally_disable_task_events). Environment variables, not
 # `_system_config` keys: Ray ignores the variable of a setting it no longer has, but its
 # GCS dies on an unknown key and ray.init then times out after 30 s (checked).
@@ -206,11 +206,9 @@ LOCAL_RAY_ENV = {"RAY_task_events_report_interval_ms": "0"}
 # the CPU at once; with every CPU a slot that is what keeps the driver's answer to each
 # epoch's report (which the run waits for) prompt. With a CPU to spare, the driver does
 # not need it, and at nice 15 the pre-started worker, whose imports are what the first
-# run waits for, lost the CPU to the driver and Ray's processes while they all started.
-# Measured, interleaved with the plain loop (n=4, benchmarks/results/ab_niceness.txt):
-# one at a time on 2 CPUs 1.132x the loop (1.116-1.149) at nice 0 against 1.158x
-# (1.143-1.202) at nice 15; two at a time 1.370x (1.277-1.440) against 1.318x
-# (1.255-1.402). Ray's job server starts its supervisor actors with this variable at 0.
+# run waits for, loses the CPU to the driver and Ray's processes while they all start.
+# Ray's job server starts its supervisor actors with this variable at 0. Measurements:
+# benchmarks/README.md.
 SPARE_CPU_RAY_ENV = {"RAY_worker_niceness": "0"}
 
 
@@ -220,7 +218,7 @@ def _plain_worker_actors() -> None:
     Tune gives its actors a runtime environment of its own (env var PL_DISABLE_FORK, for
     PyTorch Lightning), and Ray never hands an actor with another runtime environment a
     pre-started worker: each trial actor then starts a new process that imports Tune and
-    torch (measured: first trial 2.7 s after fit() instead of 0.2 s). Nothing here uses
+    torch, and the first trial waits seconds for it. Nothing here uses
     Lightning. If Tune moves this constant, trials start as before, only slower."""
     with contextlib.suppress(ImportError, AttributeError):
         from ray.tune.execution import class_cache
@@ -234,14 +232,13 @@ def _lean_local_instance(prestart: int | None = None) -> Iterator[None]:
     the dashboard process that `include_dashboard=False` still starts (it reports Ray's
     usage statistics, and ray.init waits for it before it starts the raylet), the
     autoscaler monitor (nothing to scale on one machine) and the log monitor (it forwards
-    worker output to the driver, which is off: log_to_driver=False). On 2 cores ray.init
-    took 2.7-3.8 s with all three and 1.8-1.9 s without (n=4-5 each); the two monitors
-    used 1.0 s of CPU in a 31 s study.
+    worker output to the driver, which is off: log_to_driver=False). Without them ray.init
+    returns sooner and the study keeps their CPU.
 
     `prestart`: how many workers the raylet starts ahead of the first task (Ray starts one
-    per CPU), at most. Each imports torch and Tune (study.preload, about 2.4 s of CPU); a
-    study that runs one trial at a time on 2 cores only needs one, and the other competed
-    with the driver and the first trial's worker for the CPU while they started.
+    per CPU), at most. Each imports torch and Tune (study.preload, seconds of CPU), so a
+    worker beyond the study's trial slots would only compete with the driver and the first
+    trial's worker for the CPU while they start.
 
     Ray internals: if they move, Ray starts as it always did."""
     try:
@@ -395,8 +392,7 @@ def _shutdown_ray() -> None:
     """At exit, stop the Ray instance this process started (or leave the cluster), quicker
     than Ray's own exit handler: that one waits 0.5 s for worker logs to print (none come
     here: log_to_driver=False) and stops the autoscaler monitor after the GCS, whose
-    SIGTERM handler then reports to the GCS that is gone and is killed a second later.
-    Measured at the end of a study here: 1.9 s before, 0.2-0.4 s after."""
+    SIGTERM handler then reports to the GCS that is gone and is killed a second later."""
     import ray
 
     # Ray internals: if they move, the slow way

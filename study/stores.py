@@ -1,8 +1,8 @@
 """New SQLite stores made from cached empty ones.
 
-MLflow builds a new SQLite tracking store by replaying its schema migrations (1.6 s of CPU
-here) and Optuna builds a new storage with its own (0.4 s), each time, while Ray starts
-beside them on the same cores. An empty store of a given library version is the same file
+MLflow builds a new SQLite tracking store by replaying its schema migrations, and Optuna
+builds a new storage with its own, each time: seconds of CPU while Ray starts beside them
+on the same cores. An empty store of a given library version is the same file
 every time, up to what is set below, so study keeps one per version in its cache folder and
 copies it. Anything other than a new sqlite:/// file, or a cache that cannot be used, is
 left to the library, which then makes the store as usual.
