@@ -195,8 +195,11 @@ def test_a_report_that_fails_exits_1_and_study_report_rebuilds_it(workdir, ray_t
 
 def test_mlflow_writes_dropped_exit_1_counted_and_tagged(workdir, ray_tmp):
     """A child run deleted in MLflow while it trains: its later writes are refused."""
+    # 40 epochs of 2000 examples: several seconds of writes still to come when the watcher,
+    # polling MLflow on a loaded machine, finds the run (at 400 examples it once found it
+    # only after the run had ended)
     spec = _spec(workdir, train={"epochs": 40, "batch_size": 32},
-                 dataset={"name": "synthetic", "samples": 400},
+                 dataset={"name": "synthetic", "samples": 2000},
                  execution={"concurrency": 1})
     victim = "c000-bias=True-s3"
     deleted: list[str] = []
