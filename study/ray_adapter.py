@@ -7,12 +7,15 @@ When Ray moves what one of them changes, the change is loud, never silent:
 - a change that keeps the study correct or its secrets safe (the driver's signal handling,
   credentials kept out of the trials' runtime env) raises :class:`RayChanged`, naming what
   moved and the Ray version, before any run starts;
-- a change that only makes the study faster (or quieter) logs one WARNING line naming what
-  moved, and the study runs as Ray would run it, only slower.
+- a change that only makes the study faster logs one WARNING line naming what moved, and
+  the study runs as Ray would run it, only slower;
+- a setting Ray reads without telling whether it still knows it (an environment variable,
+  a log message's text) is checked by the tests only.
 
 ``tests/test_ray_adapter.py`` checks, without starting Ray, that the installed Ray still
-has every internal named here with the shape used here. The measured gain of each speed
-change is in benchmarks/README.md ("What each start-up and exit setting saved").
+has every internal named here with the shape used here; each section below names its
+test. The measured gain of each speed change is in benchmarks/README.md ("What each
+start-up and exit setting saved").
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def ray_version() -> str:
 def _changed(what: str, needed_for: str) -> RayChanged:
     return RayChanged(
         f"Ray {ray_version()} has no {what}, which study changes {needed_for}. study cannot "
-        "run safely with this Ray: install the Ray version pyproject.toml names, or update "
+        "run safely with this Ray: install the Ray it was tested with, or update "
         "study/ray_adapter.py (tests/test_ray_adapter.py shows what moved).")
 
 
@@ -68,10 +71,9 @@ def _moved(what: str, effect: str) -> None:
 # Tune's output (test: test_tune_reads_the_settings_study_gives_it)
 # --------------------------------------------------------------------------------------
 
-# Tune's own output, as environment variables (a setting of the user's wins): no per-trial
-# JSON/CSV/TensorBoard files (they duplicate what MLflow holds), and Tune's classic output,
-# which verbose=0 silences (the new one prints where its results lie even then); the study
-# prints its own progress. Ray ignores a variable it no longer reads: output only.
+# Tune's output, as environment variables (a setting of the user's wins): no per-trial
+# JSON/CSV/TensorBoard files, which duplicate MLflow; and the classic output, which
+# verbose=0 silences (the new one still prints where results lie), as the study prints its own.
 TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0"}
 
 # Without those files Tune's result grid warns that it cannot load trials' metrics: the
@@ -158,17 +160,16 @@ def import_init_modules() -> None:
 # Measured: benchmarks/README.md.
 WORKER_PRELOAD = ["study.preload"]
 
-# Ray settings for the local instance, as environment variables while it starts (its
-# processes inherit them; a setting of the user's wins): no task events, which feed only
-# the dashboard and the State API, and make the driver wait at exit for their last flush.
-# Variables, not `_system_config` keys: Ray ignores the variable of a setting it no longer
-# has (speed only), but its GCS dies on an unknown key. Measured: benchmarks/README.md.
+# Set while the local instance starts (a setting of the user's wins): no task events, which
+# feed only the dashboard and the State API, and make the driver wait for their last flush
+# at exit. A variable, not a `_system_config` key: Ray ignores an unknown variable, but its
+# GCS dies on an unknown key. Measured: benchmarks/README.md.
 LOCAL_RAY_ENV = {"RAY_task_events_report_interval_ms": "0"}
 
 # Also, when the study leaves a CPU free (runner.spare_cpu): workers at the driver's
-# priority instead of Ray's nice 15, so the pre-started worker's imports, which the first
-# run waits for, do not lose the CPU to the driver and Ray while they all start (with every
-# CPU a slot, nice 15 keeps the driver's answers prompt). Measured: benchmarks/README.md.
+# priority, not Ray's nice 15, so the imports the first run waits for keep the CPU while
+# Ray and the driver start (with every CPU a slot, nice 15 keeps the driver's answers
+# prompt). Measured: benchmarks/README.md.
 SPARE_CPU_RAY_ENV = {"RAY_worker_niceness": "0"}
 
 # The raylet's option naming how many workers it pre-starts (Ray: one per CPU).
@@ -191,12 +192,12 @@ def fewer_prestarted(arg: str, most: int) -> str:
 
 @contextlib.contextmanager
 def lean_local_instance(prestart: int | None = None) -> Iterator[None]:
-    """While a local instance starts: no dashboard process (`include_dashboard=False` still
-    starts one, and ray.init waits for it), no autoscaler monitor (nothing to scale on one
-    machine), no log monitor (log_to_driver is off), and at most `prestart` pre-started
-    workers (each imports torch and Tune; one beyond the trial slots only competes for the
-    CPU). Patches ray._private.node.Node and services.start_ray_process; speed only, so if
-    they moved a WARNING says so and Ray starts as usual. Measured: benchmarks/README.md."""
+    """While a local instance starts, skip the processes a study does not use (the dashboard
+    process that `include_dashboard=False` still starts and ray.init waits for, the
+    autoscaler monitor, the log monitor) and pre-start at most `prestart` workers (one
+    beyond the trial slots only competes for the CPU). Speed only: if Ray moved what this
+    patches (Node's methods, services.start_ray_process), a WARNING, and Ray starts as
+    usual. Measured: benchmarks/README.md."""
     try:
         from ray._private import services
         from ray._private.node import Node
@@ -251,11 +252,10 @@ def lean_local_instance(prestart: int | None = None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def ray_keeps_our_signals() -> Iterator[None]:
-    """While ray.init runs, keep the study's SIGTERM handling (study.interrupts) in place:
-    ray.init installs a SIGTERM handler that exits with code 15, and the driver's core
-    worker a native failure handler that prints a stack for SIGTERM. Only this process is
-    spared; Ray's own processes keep theirs. Correctness (Ctrl-C and SIGTERM must leave a
-    resumable study and exit 130): raises RayChanged if Ray moved either."""
+    """While ray.init runs, keep Ray's SIGTERM handler (exit code 15) and its core worker's
+    native failure handler out of this process, so that Ctrl-C and SIGTERM stay with
+    study.interrupts (a resumable study, exit 130); Ray's own processes keep theirs.
+    Correctness: raises RayChanged if Ray moved either."""
     try:
         from ray._private import ray_constants
         from ray._private import utils as ray_utils
@@ -306,10 +306,9 @@ def init_ray(prestart: int | None = None, spare_cpu: bool = False) -> None:
 
 
 def shutdown_ray() -> None:
-    """At exit, stop the Ray instance this process started (or leave the cluster), quicker
-    than Ray's own exit handler, which waits 0.5 s for worker logs (none come:
-    log_to_driver=False) and stops the autoscaler monitor after the GCS, so the monitor
-    waits to be killed. Measured: benchmarks/README.md."""
+    """At exit, stop Ray (or leave the cluster) quicker than Ray's own exit handler, which
+    waits for worker logs that never come (log_to_driver=False) and stops the autoscaler
+    monitor after the GCS. Measured: benchmarks/README.md."""
     import ray
 
     stop_monitor()
@@ -351,10 +350,10 @@ def _class_cache() -> Any:
 
 
 def plain_worker_actors() -> None:
-    """Let Tune's trial actors start in Ray's pre-started (preloaded) workers: Tune gives
-    them a runtime env of its own (PL_DISABLE_FORK, for PyTorch Lightning, which study does
-    not use), and Ray never gives an actor with another runtime env a pre-started worker.
-    Speed only: if Tune moved it, or sets more, a WARNING. Measured: benchmarks/README.md."""
+    """Drop PL_DISABLE_FORK (for PyTorch Lightning, unused here) from the runtime env Tune
+    gives its trial actors, since Ray never gives an actor with a runtime env of its own a
+    pre-started, preloaded worker. Speed only: if Tune moved it, or sets more, a WARNING.
+    Measured: benchmarks/README.md."""
     try:
         defaults = _class_cache().DEFAULT_ENV_VARS
     except (ImportError, AttributeError):
@@ -377,21 +376,20 @@ def credentials_out_of_runtime_env() -> None:
 
     Tune copies AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and
     AWS_SECURITY_TOKEN into every trial's runtime env, and Ray's runtime-env agent logs that
-    env in plain text (logs/runtime_env_agent.log). A local instance's workers inherit the
-    driver's environment, so nothing is lost. On a cluster (RAY_ADDRESS set) Tune's
-    behaviour stays: the other nodes may need the credentials (README: "Secrets").
-    Security: on a local instance, raises RayChanged if Tune moved its list."""
+    env in plain text (logs/runtime_env_agent.log); a local instance's workers inherit the
+    driver's environment anyway. On a cluster (RAY_ADDRESS set) Tune's behaviour stays: the
+    other nodes may need the credentials (README: "Secrets"). Security: on a local
+    instance, raises RayChanged if Tune's list moved."""
     on_cluster = bool(os.environ.get("RAY_ADDRESS"))
     try:
         names = _class_cache().ENV_VARS_TO_PROPAGATE
-    except (ImportError, AttributeError) as e:
+    except (ImportError, AttributeError):
+        names = None
+    if not isinstance(names, set):  # changed in place below: Tune reads it at each trial
         if on_cluster:
-            return  # Tune's behaviour stays; nothing was held back from a list it lacks
-        raise _changed(f"ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE ({e})",
-                       "to keep credentials out of Ray's logs") from None
-    if not isinstance(names, set):  # changed in place: Tune reads it at each trial
-        raise _changed(f"mutable set ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE "
-                       f"(it is a {type(names).__name__})",
+            return  # Tune's behaviour stays; nothing can have been held back
+        raise _changed("ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE as a set"
+                       + ("" if names is None else f" (it is a {type(names).__name__})"),
                        "to keep credentials out of Ray's logs")
     if on_cluster:
         names |= _held_back

@@ -227,6 +227,9 @@ def test_credentials_change_is_an_error_when_tune_moved_it(monkeypatch, moved):
     with pytest.raises(RayChanged, match="ENV_VARS_TO_PROPAGATE") as e:
         ray_adapter.credentials_out_of_runtime_env()
     assert f"Ray {ray.__version__}" in str(e.value)
+    # on a cluster Tune's behaviour stays, and nothing was held back: the study runs
+    monkeypatch.setenv("RAY_ADDRESS", "ray://cluster:10001")
+    ray_adapter.credentials_out_of_runtime_env()
 
 
 def _one_warning(caplog: pytest.LogCaptureFixture, *words: str) -> None:
