@@ -6,10 +6,7 @@ The driver owns every store: Optuna's RDB storage (through the searcher) and MLf
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import dataclasses
-import importlib
 import logging
 import math
 import os
@@ -18,15 +15,14 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from study import environ, interrupts
+from study import interrupts, ray_adapter
 from study.analysis import usable_value
 from study.checkpoints import CheckpointStore
 from study.redact import (
-    credential_vars,
     redact_text,
     redact_tree,
     redact_uri,
@@ -144,14 +140,6 @@ def _device(want_gpu: bool) -> str:
 # --------------------------------------------------------------------------------------
 
 
-# What ray.init imports on first use: imported before the helper thread starts, so that
-# two threads never import the same modules at once.
-_RAY_INIT_IMPORTS = ("ray._private.node", "ray._private.services", "ray.dashboard.optional_deps",
-                     "ray.autoscaler.v2", "ray._common.usage", "grpc", "opentelemetry",
-                     "pydantic", "prometheus_client", "aiohttp", "aiohttp_cors", "click",
-                     "colorful", "opencensus")
-
-
 class _Background:
     """fn(*args) in a helper thread; `result` waits and returns it or re-raises its error."""
 
@@ -185,111 +173,7 @@ def _open_stores(spec: StudySpec, check_tracking: bool) -> Any:
     return _open_optuna_storage(spec)
 
 
-# What each worker of a local Ray instance imports as it starts (study.preload): Ray starts
-# one worker per trial slot (at most one per CPU: _lean_local_instance) while the driver
-# prepares, so the first trials find torch, Tune and the training code loaded (see
-# _plain_worker_actors).
-WORKER_PRELOAD = ["study.preload"]
-
-# Ray settings for the local instance `study` starts, as environment variables while it
-# starts (its processes inherit them; a setting of the user's wins): no task events. They
-# feed only the dashboard's task views and the State API (`ray list tasks`); the local
-# instance runs without a dashboard, and a driver that reports them waits at exit for the
-# core worker's final flush of them. 0 turns them off (as
-# in Ray's own test_globally_disable_task_events). Environment variables, not
-# `_system_config` keys: Ray ignores the variable of a setting it no longer has, but its
-# GCS dies on an unknown key and ray.init then times out after 30 s (checked).
-LOCAL_RAY_ENV = {"RAY_task_events_report_interval_ms": "0"}
-
-# Also, when the study leaves a CPU free (_spare_cpu): workers at the driver's
-# priority. Ray starts its workers at nice 15 so that its own processes and the driver get
-# the CPU at once; with every CPU a slot that is what keeps the driver's answer to each
-# epoch's report (which the run waits for) prompt. With a CPU to spare, the driver does
-# not need it, and at nice 15 the pre-started worker, whose imports are what the first
-# run waits for, loses the CPU to the driver and Ray's processes while they all start.
-# Ray's job server starts its supervisor actors with this variable at 0. Measurements:
-# benchmarks/README.md.
-SPARE_CPU_RAY_ENV = {"RAY_worker_niceness": "0"}
-
-
-def _plain_worker_actors() -> None:
-    """Let Tune's trainable actors start in Ray's pre-started workers.
-
-    Tune gives its actors a runtime environment of its own (env var PL_DISABLE_FORK, for
-    PyTorch Lightning), and Ray never hands an actor with another runtime environment a
-    pre-started worker: each trial actor then starts a new process that imports Tune and
-    torch, and the first trial waits seconds for it. Nothing here uses
-    Lightning. If Tune moves this constant, trials start as before, only slower."""
-    with contextlib.suppress(ImportError, AttributeError):
-        from ray.tune.execution import class_cache
-
-        class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
-
-
-@contextlib.contextmanager
-def _lean_local_instance(prestart: int | None = None) -> Iterator[None]:
-    """Start a local Ray instance without three helper processes that it does not use:
-    the dashboard process that `include_dashboard=False` still starts (it reports Ray's
-    usage statistics, and ray.init waits for it before it starts the raylet), the
-    autoscaler monitor (nothing to scale on one machine) and the log monitor (it forwards
-    worker output to the driver, which is off: log_to_driver=False). Without them ray.init
-    returns sooner and the study keeps their CPU.
-
-    `prestart`: how many workers the raylet starts ahead of the first task (Ray starts one
-    per CPU), at most. Each imports torch and Tune (study.preload, seconds of CPU), so a
-    worker beyond the study's trial slots would only compete with the driver and the first
-    trial's worker for the CPU while they start.
-
-    Ray internals: if they move, Ray starts as it always did."""
-    try:
-        from ray._private import services
-        from ray._private.node import Node
-
-        originals = {n: getattr(Node, n)
-                     for n in ("start_api_server", "start_monitor", "start_log_monitor")}
-        start_ray_process = services.start_ray_process
-    except (ImportError, AttributeError):
-        yield
-        return
-
-    def start_api_server(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("include_dashboard") is False:
-            return None
-        return originals["start_api_server"](self, *args, **kwargs)
-
-    def skip(self: Any, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def start_process(command: list[str], *args: Any, **kwargs: Any) -> Any:
-        if prestart is not None:
-            command = [_fewer_prestarted(arg, prestart) for arg in command]
-        return start_ray_process(command, *args, **kwargs)
-
-    Node.start_api_server, Node.start_monitor, Node.start_log_monitor = (
-        start_api_server, skip, skip)
-    services.start_ray_process = start_process
-    try:
-        yield
-    finally:
-        for name, fn in originals.items():
-            setattr(Node, name, fn)
-        services.start_ray_process = start_ray_process
-
-
-_PRESTART = "--num_prestart_python_workers="
-
-
-def _fewer_prestarted(arg: str, most: int) -> str:
-    """The raylet's option naming how many workers it pre-starts, lowered to `most`."""
-    if not arg.startswith(_PRESTART):
-        return arg
-    try:
-        return f"{_PRESTART}{min(int(arg[len(_PRESTART):]), max(1, most))}"
-    except ValueError:
-        return arg
-
-
-def _slots(spec: StudySpec, cluster: Mapping[str, float] | None = None) -> int | None:
+def slots(spec: StudySpec, cluster: Mapping[str, float] | None = None) -> int | None:
     """Trials the study runs at once: `execution.concurrency`, else as many as the
     cluster's GPUs (GPU runs) or CPUs hold. Before Ray is up (`cluster` None): this
     machine's CPUs, and None for GPU runs."""
@@ -300,109 +184,10 @@ def _slots(spec: StudySpec, cluster: Mapping[str, float] | None = None) -> int |
     return max(1, int((cluster["CPU"] if cluster else os.cpu_count() or 1) / spec.cpu))
 
 
-def _spare_cpu(spec: StudySpec) -> bool:
+def spare_cpu(spec: StudySpec) -> bool:
     """Does the study, at full concurrency on the local instance, leave a CPU free?"""
-    slots = _slots(spec)
-    return slots is not None and slots * spec.cpu < (os.cpu_count() or 1)
-
-
-def _init_ray(prestart: int | None = None, spare_cpu: bool = False) -> None:
-    """Join RAY_ADDRESS's cluster, or start a local instance that pre-starts at most
-    `prestart` workers (with SPARE_CPU_RAY_ENV if `spare_cpu`).
-
-    Without RAY_ADDRESS the instance is always this study's own (address "local"): a bare
-    ray.init() would join the cluster that `ray start` last made on this machine (named
-    in Ray's temp folder, even once that cluster is gone)."""
-    import ray
-
-    if ray.is_initialized():
-        return  # the caller's Ray: theirs to stop
-    address = os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False)
-    atexit.register(_shutdown_ray)  # runs before Ray's own exit handler (registered first)
-    if address:
-        with _ray_keeps_our_signals():
-            ray.init(address=address, **kwargs)
-    else:
-        with _lean_local_instance(prestart), _ray_keeps_our_signals(), \
-                environ.defaults({**LOCAL_RAY_ENV, **(SPARE_CPU_RAY_ENV if spare_cpu else {})}):
-            ray.init(address="local", include_dashboard=False,
-                     _system_config={"preload_python_modules": WORKER_PRELOAD}, **kwargs)
-
-
-# Ray's log messages that say nothing to the user of a study, by logger and the start of
-# the message: the token-authentication notice of a local instance (it serves this study
-# only), and Tune's advice on an interrupted run (to call Tuner.restore: a study continues
-# with `study resume`, which the study says itself).
-QUIET_RAY_MESSAGES = {
-    "ray._private.authentication.authentication_token_setup": (
-        "Token authentication is enabled for this Ray cluster",),
-    "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted",
-                      "Trials did not complete"),
-}
-
-
-class _DropMessages(logging.Filter):
-    """Drops the records whose message starts with one of `prefixes`."""
-
-    def __init__(self, prefixes: tuple[str, ...]) -> None:
-        super().__init__("study")
-        self.prefixes = prefixes
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefixes)
-
-
-def _quiet_ray_messages() -> None:
-    for name, prefixes in QUIET_RAY_MESSAGES.items():
-        log = logging.getLogger(name)
-        if not any(isinstance(f, _DropMessages) for f in log.filters):
-            log.addFilter(_DropMessages(prefixes))
-
-
-@contextlib.contextmanager
-def _ray_keeps_our_signals() -> Iterator[None]:
-    """While ray.init runs, keep the study's SIGTERM handling (study.interrupts) in place.
-
-    ray.init installs a SIGTERM handler that exits with code 15 (and its node one that
-    exits with 1), and the driver's core worker installs a C++ failure handler that prints
-    a native stack for SIGTERM before passing it on. Both are kept out of this process
-    only: Ray's own processes and workers keep theirs, and Python's faulthandler (Ray turns
-    it on in the driver) still reports a crash. Ray internals: if they move, Ray starts as
-    it always did."""
-    try:
-        from ray._private import ray_constants
-        from ray._private import utils as ray_utils
-
-        set_sigterm_handler = ray_utils.set_sigterm_handler
-        no_native_handler = ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER
-    except (ImportError, AttributeError):
-        yield
-        return
-    ray_utils.set_sigterm_handler = lambda handler: None
-    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
-    try:
-        yield
-    finally:
-        ray_utils.set_sigterm_handler = set_sigterm_handler
-        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = no_native_handler
-
-
-def _shutdown_ray() -> None:
-    """At exit, stop the Ray instance this process started (or leave the cluster), quicker
-    than Ray's own exit handler: that one waits 0.5 s for worker logs to print (none come
-    here: log_to_driver=False) and stops the autoscaler monitor after the GCS, whose
-    SIGTERM handler then reports to the GCS that is gone and is killed a second later."""
-    import ray
-
-    # Ray internals: if they move, the slow way
-    with contextlib.suppress(AttributeError, TypeError, OSError):
-        node = ray._private.worker._global_node
-        # nothing to autoscale on a local instance (which normally runs without a monitor:
-        # _lean_local_instance)
-        if node is not None and node.head:
-            node.kill_monitor(check_alive=False)
-    ray.shutdown()
+    n = slots(spec)
+    return n is not None and n * spec.cpu < (os.cpu_count() or 1)
 
 
 def _check_cluster(spec: StudySpec) -> dict[str, float]:
@@ -469,7 +254,7 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
 def _run(spec: StudySpec, echo: Echo | None) -> StudyResult:
     t0 = time.monotonic()
     storage, cluster = _prepare(spec)
-    _credentials_out_of_runtime_env()
+    ray_adapter.credentials_out_of_runtime_env()
     from study.callback import StudyCallback
     from study.searcher import BlockSearcher
     from study.tracking import MlflowWriter
@@ -550,7 +335,7 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
         what=f"the Optuna storage of {execution}",
         explicit=("--optuna-storage", optuna_storage)))
     storage, cluster = _prepare(spec)
-    _credentials_out_of_runtime_env()
+    ray_adapter.credentials_out_of_runtime_env()
     done = {r["run_key"]: r for r in rows if r["status"] in ENDED}
     stale = [r for r in rows if r["status"] not in ENDED]
     from mlflow.tracking import MlflowClient
@@ -612,8 +397,8 @@ def block_plan(spec: StudySpec, cluster: Mapping[str, float]) -> tuple[bool, int
         return fuse, max(1, spec.runs_per_trial // len(spec.levels))
     if not fuse:
         return fuse, 1
-    slots = _slots(spec, cluster) or 1  # never None with the cluster's resources
-    splits = max(1, math.ceil(slots / max(1, min(spec.trials, spec.pending))))
+    n = slots(spec, cluster) or 1  # never None with the cluster's resources
+    splits = max(1, math.ceil(n / max(1, min(spec.trials, spec.pending))))
     return fuse, max(1, math.ceil(spec.repeats / splits))
 
 
@@ -659,25 +444,19 @@ def _prepare_stores_and_ray(spec: StudySpec) -> tuple[Any, dict[str, float]]:
     server = "://" in spec.tracking_uri and not spec.tracking_uri.startswith("sqlite:")
     if server:  # a quick health check, before Ray starts
         check_tracking_uri(spec.tracking_uri)
-    # Per-trial JSON/CSV/TensorBoard files duplicate what MLflow holds: off. Tune's result
-    # grid then warns that it has no metrics to load; we build results from the callback.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    ray_adapter.tune_defaults()
+    ray_adapter.quiet_ray_messages()
     # Ray starts here (seconds, mostly waiting for its processes; in the main thread, since
     # its processes die with the thread that started them) while a helper thread imports
-    # MLflow and Optuna and opens the stores.
-    _quiet_ray_messages()
-    for name in _RAY_INIT_IMPORTS:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
+    # MLflow and Optuna and opens the stores; what ray.init imports is imported first.
+    ray_adapter.import_init_modules()
     stores = _Background(_open_stores, spec, not server)
-    _init_ray(prestart=_slots(spec), spare_cpu=_spare_cpu(spec))
+    ray_adapter.init_ray(prestart=slots(spec), spare_cpu=spare_cpu(spec))
     interrupts.hold()
     storage = stores.result()
     import ray.tune  # noqa: F401
 
-    _plain_worker_actors()
+    ray_adapter.plain_worker_actors()
     cluster = _check_cluster(spec)
     _check_shared_results(spec)
     return storage, cluster
@@ -912,34 +691,6 @@ def _report_dir(spec: StudySpec, execution: str) -> Path:
     check_execution_id(execution, "execution id")
     base = spec.results_dir if "://" not in spec.results_dir else "study_reports"
     return Path(base).resolve() / execution / "report"
-
-
-# Names Tune would copy into every trial's runtime env, held back on a local instance.
-_HELD_BACK: set[str] = set()
-
-
-def _credentials_out_of_runtime_env() -> None:
-    """Keep credential variables (study.redact.is_credential_var: AWS_*, *SECRET*, *TOKEN*,
-    *PASSWORD*, *KEY*, ...) out of the trials' runtime env on a local Ray instance.
-
-    Tune copies AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and
-    AWS_SECURITY_TOKEN into every trial's runtime env, and Ray's runtime-env agent logs that
-    env in plain text (logs/runtime_env_agent.log). A local instance's workers inherit the
-    driver's environment, so nothing is lost. On a cluster (RAY_ADDRESS set) Tune's
-    behaviour stays: the other nodes may need the credentials (README: "Secrets")."""
-    try:
-        from ray.tune.execution import class_cache
-
-        names: set[str] = class_cache.ENV_VARS_TO_PROPAGATE
-    except (ImportError, AttributeError):  # Tune moved it: nothing to hold back here
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        names |= _HELD_BACK
-        _HELD_BACK.clear()
-    else:
-        held = credential_vars(names)
-        _HELD_BACK.update(held)
-        names -= held
 
 
 def _trial_dirname(trial: Any) -> str:

@@ -192,7 +192,7 @@ def test_cli_run_prints_summary_and_leaves_no_process_behind(workdir):
     threading.Thread(target=watch, daemon=True).start()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    # the local Ray instance ran without the dashboard process (runner._init_ray)
+    # the local Ray instance ran without the dashboard process (ray_adapter.lean_local_instance)
     assert any("raylet" in a for a in seen)
     assert not [a for a in seen if "dashboard/dashboard.py" in a]
     assert "runs done" in err  # live progress

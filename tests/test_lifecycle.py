@@ -21,38 +21,27 @@ from study.spec import parse_spec
 from tests.conftest import tiny_spec
 
 
-def test_prestart_option_is_lowered_never_raised():
-    assert runner._fewer_prestarted("--num_prestart_python_workers=8", 1) == \
-        "--num_prestart_python_workers=1"
-    assert runner._fewer_prestarted("--num_prestart_python_workers=2", 4) == \
-        "--num_prestart_python_workers=2"
-    assert runner._fewer_prestarted("--num_prestart_python_workers=2", 0) == \
-        "--num_prestart_python_workers=1"
-    assert runner._fewer_prestarted("--node_manager_port=0", 1) == "--node_manager_port=0"
-    assert runner._fewer_prestarted("--num_prestart_python_workers=x", 1) == \
-        "--num_prestart_python_workers=x"
-
-
 def test_slots_come_from_the_spec():
     def spec(**over):
         return parse_spec(tiny_spec(**over))
 
-    assert runner._slots(spec(execution={"concurrency": 1})) == 1
+    assert runner.slots(spec(execution={"concurrency": 1})) == 1
     cpus = os.cpu_count() or 1
-    assert runner._slots(spec(resources={"cpu": 1})) == cpus
-    assert runner._slots(spec(resources={"cpu": 0.5})) == int(cpus / 0.5)
-    assert runner._slots(spec(resources={"cpu": 1, "gpu": 1})) is None  # known once Ray is up
+    assert runner.slots(spec(resources={"cpu": 1})) == cpus
+    assert runner.slots(spec(resources={"cpu": 0.5})) == int(cpus / 0.5)
+    assert runner.slots(spec(resources={"cpu": 1, "gpu": 1})) is None  # known once Ray is up
     # once Ray is up: the cluster's resources (as block_plan uses them)
-    assert runner._slots(spec(resources={"cpu": 1, "gpu": 1}), {"CPU": 8.0, "GPU": 2.0}) == 2
-    assert runner._slots(spec(resources={"cpu": 2}), {"CPU": 8.0, "GPU": 0.0}) == 4
-    assert runner._slots(spec(execution={"concurrency": 3}), {"CPU": 8.0, "GPU": 0.0}) == 3
-    # a CPU left free (runner.SPARE_CPU_RAY_ENV): slots x CPUs per run below this machine's
+    assert runner.slots(spec(resources={"cpu": 1, "gpu": 1}), {"CPU": 8.0, "GPU": 2.0}) == 2
+    assert runner.slots(spec(resources={"cpu": 2}), {"CPU": 8.0, "GPU": 0.0}) == 4
+    assert runner.slots(spec(execution={"concurrency": 3}), {"CPU": 8.0, "GPU": 0.0}) == 3
+    # a CPU left free (ray_adapter.SPARE_CPU_RAY_ENV): slots x CPUs per run below the
+    # machine's CPUs
     one = {"execution": {"concurrency": 1}}
-    assert runner._spare_cpu(spec(**one, resources={"cpu": 1})) == (cpus > 1)
-    assert not runner._spare_cpu(spec(**one, resources={"cpu": cpus}))
-    assert not runner._spare_cpu(spec(resources={"cpu": 1}))  # every CPU a slot
-    assert not runner._spare_cpu(spec(resources={"cpu": 0.5}))
-    assert not runner._spare_cpu(spec(resources={"cpu": 1, "gpu": 1}))  # GPU: Ray's default
+    assert runner.spare_cpu(spec(**one, resources={"cpu": 1})) == (cpus > 1)
+    assert not runner.spare_cpu(spec(**one, resources={"cpu": cpus}))
+    assert not runner.spare_cpu(spec(resources={"cpu": 1}))  # every CPU a slot
+    assert not runner.spare_cpu(spec(resources={"cpu": 0.5}))
+    assert not runner.spare_cpu(spec(resources={"cpu": 1, "gpu": 1}))  # GPU: Ray's default
 
 
 def _ray_workers(pid: int) -> list[str]:
@@ -74,8 +63,8 @@ def _ray_workers(pid: int) -> list[str]:
 _START = textwrap.dedent("""
     import os
     import time
-    from study import runner
-    runner._init_ray(prestart={prestart}, spare_cpu={spare})
+    from study import ray_adapter
+    ray_adapter.init_ray(prestart={prestart}, spare_cpu={spare})
     import ray, psutil
     from tests.test_lifecycle import _ray_workers
     time.sleep(4)  # the raylet pre-starts its workers once the driver is connected
@@ -83,7 +72,8 @@ _START = textwrap.dedent("""
     ray.get([ray.remote(lambda: 1).remote() for _ in range(3)])
     time.sleep(1.5)  # Ray reports task events every second (when on: 4 events here)
     events = len(ray._private.state.state._get_all_task_events())
-    leaked = any(k in os.environ for k in [*runner.LOCAL_RAY_ENV, *runner.SPARE_CPU_RAY_ENV])
+    leaked = any(k in os.environ
+                 for k in [*ray_adapter.LOCAL_RAY_ENV, *ray_adapter.SPARE_CPU_RAY_ENV])
     nice = ray.get(ray.remote(lambda: os.nice(0)).remote())  # a worker's niceness
     print(workers, ray.cluster_resources()["CPU"], events, leaked, nice)
 """)
@@ -102,9 +92,9 @@ def test_local_instance_prestarts_per_slot_lean_and_unniced(prestart, workdir):
     workers, cpus, events, leaked, nice = out.stdout.split()
     # Ray's own choice is one per CPU; the study's slots when it says how many
     assert int(workers) == (1 if prestart == 1 else int(float(cpus)))
-    # task events off (runner.LOCAL_RAY_ENV; Ray's default: 4 events here); workers at the
-    # driver's priority when a CPU is left free (runner.SPARE_CPU_RAY_ENV), else at Ray's
-    # nice 15; both set only while the instance started
+    # task events off (ray_adapter.LOCAL_RAY_ENV; Ray's default: 4 events here); workers at
+    # the driver's priority when a CPU is left free (ray_adapter.SPARE_CPU_RAY_ENV), else at
+    # Ray's nice 15; both set only while the instance started
     assert events == "0" and leaked == "False"
     assert int(nice) == (os.nice(0) if prestart == 1 else 15)
 

@@ -183,17 +183,3 @@ def test_http_user_password_tracking_uri_works_and_leaks_nowhere(
     assert not find_secrets([PW], folders=[p for p in server_files if p.is_dir()],
                             texts={p.name: p.read_bytes() for p in server_files
                                    if p.is_file()})
-
-
-def test_tune_still_copies_credentials_where_the_runner_takes_them_out():
-    """The runner holds credential variables back from Tune's list of variables it copies
-    into every trial's runtime env (study.runner._credentials_out_of_runtime_env). If Tune
-    moves or renames that list, this fails: the hold-back would then do nothing."""
-    import subprocess
-    import sys
-
-    code = ("from ray.tune.execution import class_cache as c; "
-            "print(type(c.ENV_VARS_TO_PROPAGATE).__name__, *sorted(c.ENV_VARS_TO_PROPAGATE))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()  # a fresh process: nothing held back yet
-    assert out[0] == "set" and "AWS_SECRET_ACCESS_KEY" in out[1:], out
