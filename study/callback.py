@@ -246,9 +246,9 @@ def _import_report_modules() -> None:
     with contextlib.suppress(ImportError, OSError):
         import optuna.importance  # noqa: F401
 
-        from study.report import _pyplot
+        from study.report import pyplot
 
-        _pyplot()
+        pyplot()
 
 
 def _best_so_far(records: Any, spec: StudySpec) -> str:

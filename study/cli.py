@@ -110,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     """`study run` and `study resume`: the summary on stdout, the outcome in the exit code
     and, when it is not a clean finish, one line on stderr per problem saying what to do."""
+    from study.ray_adapter import RayChanged
     from study.results import ReportError
     from study.runner import resume, run
     from study.tracking import TrackingError
@@ -126,6 +127,9 @@ def _run(args: argparse.Namespace) -> int:
     except TrackingError as e:
         _err(f"error: {e}")
         return EXIT_BAD_INPUT
+    except RayChanged as e:  # this Ray lacks what a safe study needs: no run started
+        _err(f"error: {e}")
+        return EXIT_FAILED
     except ReportError as e:
         result, report_failed = e.result, str(e)
     except KeyboardInterrupt:  # before the study's execution existed

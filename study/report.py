@@ -358,7 +358,8 @@ def _fig_png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot with the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -368,7 +369,7 @@ def _pyplot() -> Any:
 
 
 def _plot_effects(effects: Sequence[Effect], spec: StudySpec) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     s = scale(spec.verdict_metric)
     shown = [e for e in effects if e.n]
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(shown) + 1.6))
@@ -396,7 +397,7 @@ def _plot_effects(effects: Sequence[Effect], spec: StudySpec) -> bytes:
 
 
 def _plot_curves(curve_sets: Mapping[str, Any], spec: StudySpec) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(curve_sets), figsize=(6 * len(curve_sets), 4),
                              squeeze=False)
     metric = spec.verdict_metric if spec.compare_knob else spec.metric
@@ -416,7 +417,7 @@ def _plot_curves(curve_sets: Mapping[str, Any], spec: StudySpec) -> bytes:
 
 
 def _plot_importance(imp: Mapping[str, float]) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     items = sorted(imp.items(), key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(items) + 1.2))
     ax.barh([k for k, _ in items], [v for _, v in items], color="#0969da")
