@@ -1,11 +1,12 @@
 """A Tune searcher that turns each Optuna configuration into its block of runs.
 
-`BlockSearcher` wraps Ray's `OptunaSearch`. For every configuration Optuna proposes it hands
-Tune one trial per block of runs (every level of `seeds_per_block` seeds, see
-``study.block``); when all runs of a configuration have ended it tells
-Optuna one value: the mean of the metric over the configuration's finished runs (diverged
-runs included with the value they reached; failed runs and non-finite values left out; a
-configuration with no usable run is told as FAIL).
+`BlockSearcher` owns the execution's Optuna study and drives it through Optuna's public
+ask/tell API. For every configuration Optuna proposes it hands Tune one trial per block of
+runs (every level of `seeds_per_block` seeds, see ``study.block``); when all runs of a
+configuration have ended it tells Optuna one value: the mean of the metric over the
+configuration's finished runs (diverged runs included with the value they reached; failed
+runs and non-finite values left out; a configuration with no usable run is told as FAIL,
+one the scheduler stopped early as PRUNED).
 
 Deterministic asynchronous search: configuration k is asked for only after configurations
 0..k-P have been told, and configuration j is told only after configuration j+P-1 was asked
@@ -22,15 +23,16 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
+import optuna
+from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from study.analysis import USABLE, usable_value
 from study.redact import redact_spec
 from study.space import define_by_run, expand_runs, make_sampler
 from study.spec import StudySpec
 
-__all__ = ["BlockSearcher", "ConfigState"]
+__all__ = ["BlockSearcher", "ConfigState", "open_study", "reattach_trial"]
 
 
 @dataclass
@@ -69,16 +71,41 @@ def aggregate(values: list[float | None]) -> float | None:
     return math.fsum(ok) / len(ok) if ok else None  # fsum: independent of the order
 
 
+def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage,
+               study_name: str) -> optuna.Study:
+    """The execution's Optuna study: created on first use, loaded again on a resume. No
+    pruner: Optuna hears one value per configuration, at its end."""
+    return optuna.create_study(
+        storage=storage, sampler=make_sampler(spec), pruner=optuna.pruners.NopPruner(),
+        study_name=study_name, direction="minimize" if spec.mode == "min" else "maximize",
+        load_if_exists=True)
+
+
+def reattach_trial(study: optuna.Study, storage: optuna.storages.BaseStorage,
+                   number: int) -> optuna.Trial:
+    """A live handle on the RUNNING trial `number` that a dead driver asked for, so the
+    values it never stored can be suggested into it.
+
+    Optuna has no public call that reopens a trial (`Study.ask` always creates one), so this
+    builds the `optuna.Trial` that `ask` builds, from the storage's public trial id. Its
+    constructor is public but documented as not meant for direct use:
+    tests/test_searcher.py::test_reattach_trial_continues_the_same_trial fails if that moves.
+    """
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    return optuna.Trial(study, trial_id)
+
+
 class BlockSearcher(Searcher):
-    def __init__(self, spec: StudySpec, *, storage: Any, study_name: str,
-                 pruned_trials: set[str] | None = None, seeds_per_block: int = 1) -> None:
+    def __init__(self, spec: StudySpec, *, storage: optuna.storages.BaseStorage,
+                 study_name: str, pruned_trials: set[str] | None = None,
+                 seeds_per_block: int = 1) -> None:
         super().__init__(metric=spec.metric, mode=spec.mode)
         self.spec = spec
         # Tune trial ids the scheduler stopped early (filled by the runner's ASHA)
         self.pruned_trials = pruned_trials if pruned_trials is not None else set()
-        self.inner = OptunaSearch(space=define_by_run(spec), metric=spec.metric,
-                                  mode=spec.mode, sampler=make_sampler(spec),
-                                  storage=storage, study_name=study_name)
+        self.storage = storage
+        self.study = open_study(spec, storage, study_name)
         self.seeds_per_block = max(1, seeds_per_block)
         self.configs: list[ConfigState] = []
         self.queue: list[list[dict[str, Any]]] = []  # blocks not yet handed out
@@ -96,23 +123,24 @@ class BlockSearcher(Searcher):
             gate = k - self.spec.pending
             if gate >= 0 and not self.configs[gate].told:
                 return None  # wait: keeps the sampler's history deterministic
-            cfg_id = f"config-{k}"
-            # A sampler seeded by (seed, k): the proposal for configuration k depends only on
-            # the seed, k and the history, also across a resume in a new process.
-            self.inner._ot_study.sampler = make_sampler(self.spec, k)
-            params = self.inner.suggest(cfg_id)
-            if params is None:
-                return None
-            number = self.inner._ot_trials[cfg_id].number
-            runs = expand_runs(self.spec, k, params)
-            for r in runs:
-                r["optuna_trial"] = number
-            self.configs.append(ConfigState(k, dict(params), number, runs))
-            self.queue.extend(self._blocks(runs))
-            self._tell_ready()
+            self._ask(k)
         block = self.queue.pop(0)
         self.trial_runs[trial_id] = (block[0]["config"], [r["run_key"] for r in block])
         return {"block": block}
+
+    def _ask(self, k: int) -> None:
+        """Ask Optuna for configuration k and queue its blocks."""
+        # A sampler seeded by (seed, k): the proposal for configuration k depends only on
+        # the seed, k and the history, also across a resume in a new process.
+        self.study.sampler = make_sampler(self.spec, k)
+        trial = self.study.ask()
+        params = define_by_run(self.spec)(trial)
+        runs = expand_runs(self.spec, k, params)
+        for r in runs:
+            r["optuna_trial"] = trial.number
+        self.configs.append(ConfigState(k, params, trial.number, runs))
+        self.queue.extend(self._blocks(runs))
+        self._tell_ready()
 
     def _blocks(self, runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
         """Runs (seeds outer, levels inner) cut into blocks of whole seeds."""
@@ -125,7 +153,7 @@ class BlockSearcher(Searcher):
                 for i in range(0, len(seeds), n)]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        # Optuna is told one value per configuration, at its end (NopPruner in OptunaSearch).
+        # Optuna is told one value per configuration, at its end (see _tell_ready).
         # Kept for a trial that errors: Tune then completes it without a result.
         self.last[trial_id] = result
 
@@ -156,35 +184,20 @@ class BlockSearcher(Searcher):
         that ended (run_key -> value, None for failed). Returns the runs left to run.
 
         Configuration k is Optuna trial number k (a fresh study per execution, asked in
-        order). Trials asked but not told are reattached, never asked again.
+        order). Trials asked but not told are told later by number, never asked again.
         """
-        import optuna
-
-        study = self.inner._ot_study
-        trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-        space = define_by_run(self.spec)
+        trials = sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number)
         for t in trials:
-            k = t.number
-            params = t.params
-            if not t.state.is_finished():
-                # A driver killed between creating the trial and storing all its values
-                # leaves it short: the space, asked again with the sampler of config k and
-                # the same history, gives the same values (stored ones are kept).
-                study.sampler = make_sampler(self.spec, k)
-                live = optuna.trial.Trial(study, t._trial_id)
-                space(live)
-                params = live.params
+            k, params = t.number, self._restored_params(t)
             runs = expand_runs(self.spec, k, params)
             for r in runs:
                 r["optuna_trial"] = k
-            cfg = ConfigState(k, dict(params), k, runs)
+            cfg = ConfigState(k, params, k, runs)
             cfg.values = {r["run_key"]: done[r["run_key"]] for r in runs
                           if r["run_key"] in done}
             cfg.pruned = {r["run_key"] for r in runs if r["run_key"] in (pruned or set())}
             if t.state.is_finished():
                 cfg.told, cfg.value = True, t.value
-            else:
-                self.inner._ot_trials[f"config-{k}"] = optuna.trial.Trial(study, t._trial_id)
             self.configs.append(cfg)
             self.queue.extend(self._blocks([r for r in runs if r["run_key"] not in cfg.values]))
         told = [c.told for c in self.configs]
@@ -195,6 +208,18 @@ class BlockSearcher(Searcher):
 
     # -- internals --
 
+    def _restored_params(self, t: FrozenTrial) -> dict[str, Any]:
+        """The values of configuration `t.number`, as its first ask gave them."""
+        if t.state.is_finished():
+            return dict(t.params)
+        # A driver killed between creating the trial and storing all its values leaves it
+        # short: the space, asked again with the sampler of config k and the same history,
+        # gives the same values (stored ones are kept).
+        self.study.sampler = make_sampler(self.spec, t.number)
+        live = reattach_trial(self.study, self.storage, t.number)
+        define_by_run(self.spec)(live)
+        return dict(live.params)
+
     def _tell_ready(self) -> None:
         while self.next_to_tell < len(self.configs):
             j = self.next_to_tell
@@ -204,22 +229,27 @@ class BlockSearcher(Searcher):
             if not (cfg.complete and asked_enough):
                 return
             cfg.value = None if cfg.pruned else aggregate(list(cfg.values.values()))
-            if cfg.pruned:  # stopped early: Optuna hears PRUNED, not an early metric
-                self.inner.on_trial_complete(f"config-{j}", None, error=False)
-            elif cfg.value is None:
-                self.inner.on_trial_complete(f"config-{j}", None, error=True)
-            else:
-                self.inner.on_trial_complete(f"config-{j}", {self.spec.metric: cfg.value})
+            self._tell(cfg)
             cfg.told = True
             self.next_to_tell += 1
 
+    def _tell(self, cfg: ConfigState) -> None:
+        """Tell Optuna how configuration `cfg` ended, by its trial number."""
+        if cfg.pruned:  # stopped early by the scheduler: PRUNED, not an early metric
+            self.study.tell(cfg.optuna_number, state=TrialState.PRUNED)
+        elif cfg.value is None:  # no usable run
+            self.study.tell(cfg.optuna_number, state=TrialState.FAIL)
+        else:
+            self.study.tell(cfg.optuna_number, cfg.value, state=TrialState.COMPLETE)
+
     def __getstate__(self) -> dict[str, Any]:
         """What Tune pickles (its searcher checkpoint, and tuner.pkl with the Tuner): the
-        progress, without the Optuna searcher (its storage URL may hold a password; Optuna's
-        RDB storage keeps its state) and with the spec redacted. A resume builds a new
+        progress, without the Optuna study and storage (the storage URL may hold a password;
+        the storage keeps Optuna's state) and with the spec redacted. A resume builds a new
         searcher (runner.resume): nothing reads it back but :meth:`restore`."""
         state = {**self.__dict__, "spec": redact_spec(self.spec)}
-        state.pop("inner", None)
+        for name in ("study", "storage"):
+            state.pop(name, None)
         return state
 
     def save(self, checkpoint_path: str) -> None:
@@ -227,7 +257,7 @@ class BlockSearcher(Searcher):
             pickle.dump(self.__getstate__(), fh)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Progress from :meth:`save`; this searcher's Optuna searcher and spec stay."""
+        """Progress from :meth:`save`; this searcher's Optuna study, storage and spec stay."""
         with open(checkpoint_path, "rb") as fh:
             state = pickle.load(fh)
         state.pop("spec", None)

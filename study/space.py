@@ -31,7 +31,8 @@ class define_by_run:  # noqa: N801 - used like a function; a class so that it pi
         self.order = [k for k, d in spec.space.items() if not d.when] + \
             [k for k, d in spec.space.items() if d.when]
 
-    def __call__(self, trial: optuna.Trial) -> None:
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Suggest every knob that applies on `trial`; returns them in suggestion order."""
         chosen: dict[str, Any] = {}
         for k in self.order:
             d = self.spec.space[k]
@@ -46,6 +47,7 @@ class define_by_run:  # noqa: N801 - used like a function; a class so that it pi
             else:
                 chosen[k] = trial.suggest_float(k, float(d.low), float(d.high), step=d.step,
                                                 log=d.log)
+        return chosen
 
 
 _MISSING = object()

@@ -206,7 +206,7 @@ def test_a_trial_created_but_not_filled_is_completed_on_resume(tmp_path):
         if block[0]["config"] < 2:
             first.on_trial_complete(f"t{n}", block_result(s, block))
         n += 1
-    first.inner._ot_study.ask()  # config 3's trial: created, no values (then the kill)
+    first.study.ask()  # config 3's trial: created, no values (then the kill)
     done = {r["run_key"]: fake_metric(r) for c in first.configs for r in c.runs
             if r["run_key"] in c.values}
     second = BlockSearcher(s, storage=optuna.storages.RDBStorage(url), study_name="short")
