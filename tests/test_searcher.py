@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import ast
+import math
+import pickle
 import random
+import zlib
+from pathlib import Path
 
 import optuna
+import pytest
+from optuna.trial import TrialState
 
-from study.searcher import BlockSearcher
-from study.spec import parse_spec
-from tests.conftest import tiny_spec
+from study.searcher import BlockSearcher, reattach_trial
+from study.space import define_by_run, expand_runs, make_sampler
+from study.spec import load_spec, parse_spec
+from tests.conftest import SPECS, tiny_spec
 
 
 def spec(**over):
@@ -29,8 +37,15 @@ def block_result(s, block, status="completed", value=fake_metric):
     return {"runs": {r["run_key"]: {s.metric: value(r), "status": status} for r in block}}
 
 
-def drive(s, order_seed, slots, storage_url):
-    """Play Tune: fill `slots`, finish a random running trial, repeat."""
+def any_metric(run):
+    """Deterministic in everything a run is (not in its Optuna trial), for any spec's knobs."""
+    key = repr(sorted((k, repr(v)) for k, v in run.items() if k != "optuna_trial"))
+    return zlib.crc32(key.encode()) / 2**32
+
+
+def drive(s, order_seed, slots, storage_url, *, prune=(), fail=(), value=fake_metric):
+    """Play Tune: fill `slots`, finish a random running trial, repeat. The blocks of the
+    configurations in `prune` are stopped by the scheduler, those in `fail` raise."""
     storage = optuna.storages.RDBStorage(storage_url)
     name = f"s{order_seed}-{slots}"
     searcher = BlockSearcher(s, storage=storage, study_name=name)
@@ -53,7 +68,13 @@ def drive(s, order_seed, slots, storage_url):
             assert finished, "the searcher stalled with nothing running"
             break
         tid = rng.choice(sorted(running))
-        searcher.on_trial_complete(tid, block_result(s, running.pop(tid)))
+        block = running.pop(tid)
+        if block[0]["config"] in prune:
+            searcher.pruned_trials.add(tid)
+            searcher.on_trial_complete(tid, block_result(s, block, "running", value))
+        else:
+            status = "failed" if block[0]["config"] in fail else "completed"
+            searcher.on_trial_complete(tid, block_result(s, block, status, value))
     return searcher, optuna.load_study(study_name=name, storage=storage)
 
 
@@ -213,3 +234,122 @@ def test_a_trial_created_but_not_filled_is_completed_on_resume(tmp_path):
     second.restore_progress(done)
     assert len(second.configs) == 4
     assert [c.params for c in second.configs] == [c.params for c in straight.configs[:4]]
+
+
+def reference_study(s, url, name, *, prune=(), fail=(), value=fake_metric):
+    """What BlockSearcher promises, as a plain Optuna ask/tell loop: configuration k is asked
+    with the sampler seeded for k once configurations 0..k-P are told, and each is told,
+    in order, as soon as the next P-1 are asked (P = search.pending)."""
+    study = optuna.create_study(storage=url, study_name=name, pruner=optuna.pruners.NopPruner(),
+                                direction="minimize" if s.mode == "min" else "maximize")
+    asked: list[dict] = []
+
+    def tell(j):
+        if j in prune:
+            study.tell(j, state=TrialState.PRUNED)
+        elif j in fail:
+            study.tell(j, state=TrialState.FAIL)
+        else:
+            values = [value(r) for r in expand_runs(s, j, asked[j])]
+            study.tell(j, math.fsum(values) / len(values))
+
+    for k in range(s.trials):
+        if k >= s.pending:
+            tell(k - s.pending)
+        study.sampler = make_sampler(s, k)
+        trial = study.ask()
+        define_by_run(s)(trial)
+        asked.append(trial.params)
+    for j in range(max(0, s.trials - s.pending), s.trials):
+        tell(j)
+    return study, asked
+
+
+def stored(url, study):
+    """Everything the storage holds about a study, but its name and the times."""
+    storage = optuna.storages.RDBStorage(url)
+    trials = [(t.number, t.state, t.values, list(t.params.items()), t.distributions,
+               t.user_attrs, t.system_attrs, t.intermediate_values)
+              for t in study.get_trials()]
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return (trials, study.directions, study.user_attrs,
+            storage.get_study_system_attrs(study_id))
+
+
+TINY = {"sampler": "tpe", "trials": 7, "seed": 1, "startup_trials": 2}
+
+
+@pytest.mark.parametrize("search, slots, order, prune, fail", [
+    ({**TINY, "pending": 2}, 3, 0, (), ()),
+    ({**TINY, "pending": 1}, 1, 1, {1, 4}, {2}),
+    ({**TINY, "pending": 4, "trials": 9}, 8, 2, {5}, {0, 6}),
+    ({**TINY, "sampler": "random", "pending": 2}, 3, 3, {3}, {1}),
+    ({**TINY, "sampler": "qmc", "pending": 3}, 5, 4, {2}, {4}),
+])
+def test_same_configs_and_storage_as_a_plain_optuna_loop(tmp_path, search, slots, order,
+                                                         prune, fail):
+    """Same spec + same seed = the same Optuna trials (params in order, numbers, states,
+    values, attributes) as the ask/tell loop the searcher's docstring describes, whatever
+    the completion order; pruned configurations are PRUNED, failed ones FAIL."""
+    s = parse_spec(tiny_spec(search=search, repeats=2))
+    url = f"sqlite:///{tmp_path}/o.db"
+    searcher, study = drive(s, order, slots, url, prune=prune, fail=fail)
+    ref, asked = reference_study(s, url, "reference", prune=prune, fail=fail)
+    assert [list(c.params.items()) for c in searcher.configs] == \
+        [list(p.items()) for p in asked]
+    assert [c.optuna_number for c in searcher.configs] == list(range(s.trials))
+    assert stored(url, study) == stored(url, ref)
+    states = [t.state for t in study.get_trials()]
+    assert [k for k, st in enumerate(states) if st == TrialState.PRUNED] == sorted(prune)
+    assert [k for k, st in enumerate(states) if st == TrialState.FAIL] == sorted(fail)
+
+
+@pytest.mark.parametrize("path", sorted(SPECS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_bundled_spec_proposes_what_a_plain_optuna_loop_does(tmp_path, path):
+    s = load_spec(path, overrides={"search.trials": min(load_spec(path).trials, 8),
+                                   "search.startup_trials": 3})  # TPE past its start-up
+    url = f"sqlite:///{tmp_path}/o.db"
+    searcher, study = drive(s, 0, 4, url, value=any_metric)
+    ref, asked = reference_study(s, url, "reference", value=any_metric)
+    assert [c.params for c in searcher.configs] == asked
+    assert stored(url, study) == stored(url, ref)
+
+
+def test_reattach_trial_continues_the_same_trial(tmp_path):
+    """The one place a dead driver's RUNNING trial is reopened: the handle is that trial
+    (number, stored values), what it suggests lands in it, and no trial is added."""
+    url = f"sqlite:///{tmp_path}/o.db"
+    storage = optuna.storages.RDBStorage(url)
+    study = optuna.create_study(storage=storage, study_name="r")
+    study.tell(study.ask(), 1.0)
+    first = study.ask()
+    x = first.suggest_float("x", 0.0, 1.0)
+    again = reattach_trial(optuna.load_study(study_name="r", storage=url), storage, 1)
+    assert again.number == 1 and again.params == {"x": x}
+    assert again.suggest_float("x", 0.0, 1.0) == x  # a stored value is kept
+    again.suggest_int("y", 1, 3)
+    study.tell(1, 2.0)
+    (t0, t1) = study.get_trials()
+    assert t1.params == {"x": x, "y": again.params["y"]} and t1.value == 2.0
+    assert t1.state == TrialState.COMPLETE and len(study.get_trials()) == 2
+
+
+def test_the_searcher_uses_no_private_name_of_another_object():
+    """Only its own `self._x`: Optuna's and Ray's private attributes move between releases."""
+    source = Path(__file__).resolve().parent.parent / "study" / "searcher.py"
+    private = [f"line {n.lineno}: .{n.attr}" for n in ast.walk(ast.parse(source.read_text()))
+               if isinstance(n, ast.Attribute) and n.attr.startswith("_")
+               and not n.attr.startswith("__")
+               and not (isinstance(n.value, ast.Name) and n.value.id == "self")]
+    assert private == []
+
+
+def test_a_pickled_searcher_holds_no_study_or_storage(tmp_path):
+    """Tune pickles the searcher; the storage (its URL may hold a password) stays out."""
+    (tmp_path / "token-7f3a").mkdir()
+    url = f"sqlite:///{tmp_path}/token-7f3a/o.db"
+    searcher, _ = drive(spec(), 0, 3, url)
+    blob = pickle.dumps(searcher)
+    assert b"token-7f3a" not in blob
+    state = vars(pickle.loads(blob))
+    assert len(state["configs"]) == 7 and "study" not in state and "storage" not in state
