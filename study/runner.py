@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from study import interrupts, ray_adapter
-from study.analysis import usable_value
+from study.analysis import finite_values, usable_value
 from study.checkpoints import CheckpointStore
 from study.redact import (
     redact_text,
@@ -35,6 +35,7 @@ from study.results import (
     ConfigRecord,
     ReportError,
     RunRecord,
+    RunStatus,
     StudyResult,
     check_execution_id,
     check_run_id,
@@ -348,7 +349,7 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
     for r in done.values():  # the driver died between a run's final tags and its end
         if r.get("mlflow_status") == "RUNNING":
             client.set_terminated(r["mlflow_run_id"],
-                                  "FAILED" if r["status"] == "failed" else "FINISHED")
+                                  "FAILED" if r["status"] == RunStatus.FAILED else "FINISHED")
     # Unfinished runs restart from epoch 1 in their new MLflow child; also those whose child
     # the dead driver never got to write, so no checkpoint may survive.
     CheckpointStore(_checkpoint_dir(spec, execution)).clear()
@@ -357,7 +358,7 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
                              seeds_per_block=seeds_per_block)
     remaining = searcher.restore_progress(
         {k: usable_value(r, spec.metric) for k, r in done.items()},
-        pruned={k for k, r in done.items() if r["status"] == "pruned"})
+        pruned={k for k, r in done.items() if r["status"] == RunStatus.PRUNED})
     n_resume = int(tags.get("study.resumes", "0")) + 1
     client.update_run(parent.info.run_id, status="RUNNING")
     writer = MlflowWriter(uri, spec.name, parent_name=execution,
@@ -593,7 +594,7 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
 def _outcome(spec: StudySpec, callback: StudyCallback) -> str:
     """finished (every run ended), failed (every run failed) or interrupted."""
     counts = callback.counts()
-    if spec.total_runs and counts["failed"] == spec.total_runs:
+    if spec.total_runs and counts[RunStatus.FAILED] == spec.total_runs:
         return "failed"
     ended = sum(counts[k] for k in ENDED)
     return "finished" if ended == spec.total_runs else "interrupted"
@@ -645,11 +646,10 @@ def _result(spec: StudySpec, execution: str, status: str, cb: StudyCallback,
             searcher: Any, writer: Any, wall: float) -> StudyResult:
     configs = []
     for c in searcher.configs:
-        usable = [v for v in c.values.values() if v is not None and math.isfinite(v)]
         configs.append(ConfigRecord(index=c.index, optuna_trial=c.optuna_number,
                                     params=dict(c.params),
                                     value=c.value if c.told else None, runs=len(c.runs),
-                                    usable_runs=len(usable)))
+                                    usable_runs=len(finite_values(c.values.values()))))
     runs = sorted(cb.records.values(), key=lambda r: (r.config, r.seed, str(r.level)))
     return StudyResult(name=spec.name, execution=execution, status=status, metric=spec.metric,
                        mode=spec.mode, runs=runs, configs=configs,
