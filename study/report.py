@@ -33,6 +33,7 @@ from study.redact import redact_text, redact_uri, usable_uri
 from study.results import (
     EXECUTION_RE,
     RunStatus,
+    StudyStatus,
     check_execution_id,
     check_run_id,
     check_study_ref,
@@ -54,7 +55,7 @@ class ReportInput:
     importance_note: str = ""
     parent_run_id: str | None = None
     tracking_uri: str = ""
-    status: str = "finished"
+    status: str = StudyStatus.FINISHED
 
 
 @dataclass

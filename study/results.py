@@ -14,8 +14,8 @@ from study.redact import redact_text
 from study.spec import NAME_PATTERN, SpecError
 
 __all__ = ["ENDED", "STATUSES", "USABLE", "ConfigRecord", "ReportError", "RunRecord",
-           "RunStatus", "StudyResult", "check_execution_id", "check_run_id", "check_study_ref",
-           "count_statuses", "new_execution_id"]
+           "RunStatus", "StudyResult", "StudyStatus", "check_execution_id", "check_run_id",
+           "check_study_ref", "count_statuses", "new_execution_id"]
 
 
 class RunStatus(StrEnum):
@@ -29,6 +29,21 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"  # interrupted: runs again on resume
     PENDING = "pending"  # planned, not started
+
+    def __repr__(self) -> str:  # shown as the string it stands for, as before the enum
+        return repr(self.value)
+
+
+class StudyStatus(StrEnum):
+    """Where a study execution stands; the value is its parent run's `study.status` tag."""
+
+    RUNNING = "running"
+    FINISHED = "finished"  # every run ended
+    INTERRUPTED = "interrupted"  # stopped before every run ended: `study resume` goes on
+    FAILED = "failed"  # every run failed, or the study could not go on
+
+    def __repr__(self) -> str:
+        return repr(self.value)
 
 
 STATUSES = tuple(RunStatus)  # the order counts and tables list them in
@@ -146,7 +161,7 @@ class ConfigRecord:
 class StudyResult:
     name: str
     execution: str
-    status: str  # finished, failed, interrupted
+    status: str  # a StudyStatus: finished, failed, interrupted
     metric: str
     mode: str
     runs: list[RunRecord]

@@ -37,6 +37,7 @@ from study.results import (
     RunRecord,
     RunStatus,
     StudyResult,
+    StudyStatus,
     check_execution_id,
     check_run_id,
     check_study_ref,
@@ -269,7 +270,7 @@ def _run(spec: StudySpec, echo: Echo | None) -> StudyResult:
         parent_tags={"study.name": spec.name, "study.execution": execution,
                      "study.question": spec.question,
                      "study.spec_file": redact_text(spec.source),
-                     "study.status": "running",
+                     "study.status": StudyStatus.RUNNING,
                      "optuna.storage": redact_uri(spec.optuna_storage),
                      "optuna.study_name": execution,
                      "ray.address": redact_uri(os.environ.get("RAY_ADDRESS", "local")),
@@ -326,7 +327,7 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
     tags = parent.data.tags
     execution = check_execution_id(
         tags.get("study.execution"), f"MLflow run {parent.info.run_id}: tag study.execution")
-    if tags.get("study.status") == "finished":
+    if tags.get("study.status") == StudyStatus.FINISHED:
         raise SpecError(f"study execution {execution} finished: nothing to resume "
                         f"(`study report {execution}` rebuilds its report).")
     spec = dataclasses.replace(spec, tracking_uri=uri, optuna_storage=usable_uri(
@@ -362,7 +363,8 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
     n_resume = int(tags.get("study.resumes", "0")) + 1
     client.update_run(parent.info.run_id, status="RUNNING")
     writer = MlflowWriter(uri, spec.name, parent_name=execution,
-                          parent_tags={"study.status": "running", "study.resumes": n_resume},
+                          parent_tags={"study.status": StudyStatus.RUNNING,
+                                       "study.resumes": n_resume},
                           parent_params={}, parent_run_id=parent.info.run_id)
     writer.child_ids.update({k: r["mlflow_run_id"] for k, r in done.items()})
     callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"])
@@ -554,18 +556,18 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             callbacks=[callback]),
     )
-    status = "failed"
+    status = StudyStatus.FAILED
     report_error: Exception | None = None
     try:
         if interrupts.held():  # it came while the stores were being prepared
-            status = "interrupted"
+            status = StudyStatus.INTERRUPTED
         else:
             interrupts.through_tune()  # SIGTERM stops the trials like Ctrl-C
             if num_samples > 0:
                 tuner.fit()
             status = _outcome(spec, callback)
     except KeyboardInterrupt:
-        status = "interrupted"
+        status = StudyStatus.INTERRUPTED
     finally:
         # Once the trials are over, a signal waits until the report is written and the
         # parent run is closed (about a second), so the stores are never left half-done.
@@ -575,7 +577,7 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
                          time.monotonic() - t0)
         for rec in result.runs:
             rec.mlflow_run_id = writer.child_ids.get(rec.run_key)
-        if status != "failed":
+        if status != StudyStatus.FAILED:
             try:
                 _report(spec, result, storage, writer, _report_dir(spec, execution))
             except Exception as e:  # raised below, once the stores are closed
@@ -595,9 +597,9 @@ def _outcome(spec: StudySpec, callback: StudyCallback) -> str:
     """finished (every run ended), failed (every run failed) or interrupted."""
     counts = callback.counts()
     if spec.total_runs and counts[RunStatus.FAILED] == spec.total_runs:
-        return "failed"
+        return StudyStatus.FAILED
     ended = sum(counts[k] for k in ENDED)
-    return "finished" if ended == spec.total_runs else "interrupted"
+    return StudyStatus.FINISHED if ended == spec.total_runs else StudyStatus.INTERRUPTED
 
 
 def _close(spec: StudySpec, result: StudyResult, callback: StudyCallback, writer: Any,
@@ -616,8 +618,8 @@ def _close(spec: StudySpec, result: StudyResult, callback: StudyCallback, writer
     if report_error is not None:
         tags["study.report_error"] = redact_text(f"{type(report_error).__name__}: "
                                                  f"{_last_line(str(report_error))}")
-    mlflow_status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(result.status,
-                                                                         "FAILED")
+    mlflow_status = {StudyStatus.FINISHED: "FINISHED",
+                     StudyStatus.INTERRUPTED: "KILLED"}.get(result.status, "FAILED")
     if report_error is not None and mlflow_status == "FINISHED":
         mlflow_status = "FAILED"
     writer.close(mlflow_status, tags=tags)
