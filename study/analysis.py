@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["USABLE", "Effect", "ci_label", "curves", "paired_effects", "scale",
-           "status_counts", "usable_value"]
+from study.results import USABLE, RunStatus
 
-USABLE = ("completed", "diverged")
+__all__ = ["USABLE", "Effect", "ci_label", "curves", "finite_mean", "finite_values",
+           "paired_effects", "scale", "status_counts", "usable_value"]
 
 
 def ci_label(alpha: float) -> str:
@@ -166,7 +166,7 @@ def _effect(blocks: Mapping[tuple[Any, Any], Mapping[str, Mapping]], knob: str, 
         if va is None or vb is None:
             excluded += 1
             continue
-        if "diverged" in (a.get("status"), b.get("status")):  # type: ignore[union-attr]
+        if RunStatus.DIVERGED in (a.get("status"), b.get("status")):  # type: ignore[union-attr]
             diverged += 1
         diffs.append(vb - va)
         refs.append(va)
@@ -191,6 +191,19 @@ def _effect(blocks: Mapping[tuple[Any, Any], Mapping[str, Mapping]], knob: str, 
     return Effect(knob, ref, lvl, metric, group, n, mean, sd, lo, hi, p, tost_p, margin,
                   verdict, need, excluded, diverged, float(np.mean(refs)), float(np.mean(lvls)),
                   tuple(float(x) for x in d), alpha=alpha)
+
+
+def finite_values(values: Iterable[Any]) -> list[float]:
+    """The values that are finite numbers; None, NaN, ±inf and non-numbers are left out."""
+    return [float(v) for v in values
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+
+def finite_mean(values: Iterable[Any]) -> float | None:
+    """The mean of the finite values (fsum: the same in any order), None when there are
+    none."""
+    ok = finite_values(values)
+    return math.fsum(ok) / len(ok) if ok else None
 
 
 def usable_value(row: Mapping[str, Any] | None, metric: str) -> float | None:

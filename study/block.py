@@ -25,7 +25,9 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from study.analysis import finite_mean
 from study.data import TensorData
+from study.results import USABLE, RunStatus
 
 __all__ = ["AUTO_CHECKPOINT_SECONDS", "BlockRun", "train_block"]
 
@@ -39,7 +41,7 @@ class BlockRun:
         self.run = run
         self.key: str = run["run_key"]
         self.history: list[dict[str, float]] = []
-        self.status = "running"
+        self.status = RunStatus.RUNNING
         self.params: int | None = None
         self.macs: int | None = None
         self.error = ""
@@ -117,8 +119,8 @@ def train_block(runs: Sequence[Mapping[str, Any]], data: TensorData, *, device: 
             b = state[r["run_key"]]
             b.history, b.params, b.macs = o.history, o.params, o.macs
             b.fused = len(u.group)
-            b.status = "diverged" if o.status == "diverged" else (
-                "completed" if o.epochs >= int(r["epochs"]) else "running")
+            b.status = RunStatus.DIVERGED if o.status == RunStatus.DIVERGED else (
+                RunStatus.COMPLETED if o.epochs >= int(r["epochs"]) else RunStatus.RUNNING)
 
     def train_to(u: _Unit, epoch: int) -> bool:
         """Bring the unit to `epoch`; False if nothing was left to train."""
@@ -160,7 +162,7 @@ def train_block(runs: Sequence[Mapping[str, Any]], data: TensorData, *, device: 
                     continue  # again, from its last checkpoint
                 u.dead = True
                 b = state[u.keys[0]]
-                b.status, b.error, b.attempts = "failed", error, u.attempts
+                b.status, b.error, b.attempts = RunStatus.FAILED, error, u.attempts
             i += 1
         if trained:
             report(epoch, {k: b.record() for k, b in state.items()})
@@ -171,7 +173,7 @@ def train_block(runs: Sequence[Mapping[str, Any]], data: TensorData, *, device: 
             if u.checkpoint_due(checkpoint_every):
                 store.save(u.key, u.trainer.state())
                 u.saved_at = time.monotonic()
-        if all(b.status != "running" for b in state.values()):
+        if all(b.status != RunStatus.RUNNING for b in state.values()):
             break
     if not reported:  # a retried block whose runs had all ended: their final records
         report(max(len(b.history) for b in state.values()),
@@ -184,7 +186,6 @@ def train_block(runs: Sequence[Mapping[str, Any]], data: TensorData, *, device: 
 
 def block_value(records: Mapping[str, Mapping[str, Any]], metric: str) -> float:
     """The block's metric for schedulers: the mean over its runs' latest finite values."""
-    vals = [r[metric] for r in records.values()
-            if r.get("status") in ("running", "completed", "diverged")
-            and isinstance(r.get(metric), float) and math.isfinite(r[metric])]
-    return math.fsum(vals) / len(vals) if vals else math.nan
+    mean = finite_mean(r.get(metric) for r in records.values()
+                       if r.get("status") in (RunStatus.RUNNING, *USABLE))
+    return math.nan if mean is None else mean

@@ -30,7 +30,14 @@ from study.analysis import (
     usable_value,
 )
 from study.redact import redact_text, redact_uri, usable_uri
-from study.results import EXECUTION_RE, check_execution_id, check_run_id, check_study_ref
+from study.results import (
+    EXECUTION_RE,
+    RunStatus,
+    StudyStatus,
+    check_execution_id,
+    check_run_id,
+    check_study_ref,
+)
 from study.spec import KNOBS, StudySpec, load_yaml_text, parse_spec
 
 __all__ = ["Report", "ReportInput", "build_report", "importance", "rebuild", "runs_from_mlflow",
@@ -48,7 +55,7 @@ class ReportInput:
     importance_note: str = ""
     parent_run_id: str | None = None
     tracking_uri: str = ""
-    status: str = "finished"
+    status: str = StudyStatus.FINISHED
 
 
 @dataclass
@@ -190,7 +197,8 @@ def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str,
         lv = _v(r.get("level")) if spec.compare_knob else "-"
         per_level.setdefault(lv, {}).setdefault(str(r.get("status")), 0)
         per_level[lv][str(r.get("status"))] += 1
-    statuses = ["completed", "diverged", "pruned", "failed", "stopped", "running"]
+    statuses = [RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.PRUNED, RunStatus.FAILED,
+                RunStatus.STOPPED, RunStatus.RUNNING]
     b.append(("table", ([spec.compare_knob or "level", *statuses, "total"], [
         [lv, *(str(c.get(st, 0)) for st in statuses), str(sum(c.values()))]
         for lv, c in per_level.items()])))

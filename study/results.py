@@ -7,16 +7,49 @@ import math
 import re
 import secrets
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from study.redact import redact_text
 from study.spec import NAME_PATTERN, SpecError
 
-__all__ = ["ConfigRecord", "ReportError", "RunRecord", "StudyResult", "check_execution_id",
-           "check_run_id", "check_study_ref", "count_statuses", "new_execution_id"]
+__all__ = ["ENDED", "STATUSES", "USABLE", "ConfigRecord", "ReportError", "RunRecord",
+           "RunStatus", "StudyResult", "StudyStatus", "check_execution_id", "check_run_id",
+           "check_study_ref", "count_statuses", "new_execution_id"]
 
-STATUSES = ("completed", "diverged", "pruned", "failed", "running", "stopped", "pending")
-ENDED = ("completed", "diverged", "failed", "pruned")  # a run in these never runs again
+
+class RunStatus(StrEnum):
+    """Where one training run stands; the value is what MLflow's `study.status` tag holds
+    and what compares equal to the plain string read back from a store."""
+
+    COMPLETED = "completed"  # trained every epoch
+    DIVERGED = "diverged"  # loss went NaN/inf or too high: keeps the value it reached
+    PRUNED = "pruned"  # the scheduler stopped its block early
+    FAILED = "failed"  # raised on every attempt
+    RUNNING = "running"
+    STOPPED = "stopped"  # interrupted: runs again on resume
+    PENDING = "pending"  # planned, not started
+
+    def __repr__(self) -> str:  # shown as the string it stands for, as before the enum
+        return repr(self.value)
+
+
+class StudyStatus(StrEnum):
+    """Where a study execution stands; the value is its parent run's `study.status` tag."""
+
+    RUNNING = "running"
+    FINISHED = "finished"  # every run ended
+    INTERRUPTED = "interrupted"  # stopped before every run ended: `study resume` goes on
+    FAILED = "failed"  # every run failed, or the study could not go on
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+STATUSES = tuple(RunStatus)  # the order counts and tables list them in
+ENDED = (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED,
+         RunStatus.PRUNED)  # a run in these never runs again
+USABLE = (RunStatus.COMPLETED, RunStatus.DIVERGED)  # ended with a value the analysis uses
 METRIC_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
                "test_accuracy", "epoch_seconds", "train_seconds")  # logged every epoch
 
@@ -74,7 +107,7 @@ def last_line(text: str) -> str:
 
 def count_statuses(runs: Any) -> dict[str, int]:
     """How many runs are in each status (every known status present, zeros included)."""
-    out = dict.fromkeys(STATUSES, 0)
+    out = dict.fromkeys((s.value for s in STATUSES), 0)
     for r in runs:
         out[r.status] = out.get(r.status, 0) + 1
     return out
@@ -91,7 +124,7 @@ class RunRecord:
     seed: int
     pair: str
     params: dict[str, Any]  # every knob of the run
-    status: str = "pending"  # pending, running, completed, diverged, failed
+    status: str = RunStatus.PENDING  # a RunStatus (a plain string when read back)
     epochs: int = 0
     metrics: dict[str, float] = field(default_factory=dict)  # last epoch's
     history: list[dict[str, float]] = field(default_factory=list)
@@ -128,7 +161,7 @@ class ConfigRecord:
 class StudyResult:
     name: str
     execution: str
-    status: str  # finished, failed, interrupted
+    status: str  # a StudyStatus: finished, failed, interrupted
     metric: str
     mode: str
     runs: list[RunRecord]

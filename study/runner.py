@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from study import interrupts, ray_adapter
-from study.analysis import usable_value
+from study.analysis import finite_values, usable_value
 from study.checkpoints import CheckpointStore
 from study.redact import (
     redact_text,
@@ -35,7 +35,9 @@ from study.results import (
     ConfigRecord,
     ReportError,
     RunRecord,
+    RunStatus,
     StudyResult,
+    StudyStatus,
     check_execution_id,
     check_run_id,
     check_study_ref,
@@ -268,7 +270,7 @@ def _run(spec: StudySpec, echo: Echo | None) -> StudyResult:
         parent_tags={"study.name": spec.name, "study.execution": execution,
                      "study.question": spec.question,
                      "study.spec_file": redact_text(spec.source),
-                     "study.status": "running",
+                     "study.status": StudyStatus.RUNNING,
                      "optuna.storage": redact_uri(spec.optuna_storage),
                      "optuna.study_name": execution,
                      "ray.address": redact_uri(os.environ.get("RAY_ADDRESS", "local")),
@@ -325,7 +327,7 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
     tags = parent.data.tags
     execution = check_execution_id(
         tags.get("study.execution"), f"MLflow run {parent.info.run_id}: tag study.execution")
-    if tags.get("study.status") == "finished":
+    if tags.get("study.status") == StudyStatus.FINISHED:
         raise SpecError(f"study execution {execution} finished: nothing to resume "
                         f"(`study report {execution}` rebuilds its report).")
     spec = dataclasses.replace(spec, tracking_uri=uri, optuna_storage=usable_uri(
@@ -348,7 +350,7 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
     for r in done.values():  # the driver died between a run's final tags and its end
         if r.get("mlflow_status") == "RUNNING":
             client.set_terminated(r["mlflow_run_id"],
-                                  "FAILED" if r["status"] == "failed" else "FINISHED")
+                                  "FAILED" if r["status"] == RunStatus.FAILED else "FINISHED")
     # Unfinished runs restart from epoch 1 in their new MLflow child; also those whose child
     # the dead driver never got to write, so no checkpoint may survive.
     CheckpointStore(_checkpoint_dir(spec, execution)).clear()
@@ -357,11 +359,12 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
                              seeds_per_block=seeds_per_block)
     remaining = searcher.restore_progress(
         {k: usable_value(r, spec.metric) for k, r in done.items()},
-        pruned={k for k, r in done.items() if r["status"] == "pruned"})
+        pruned={k for k, r in done.items() if r["status"] == RunStatus.PRUNED})
     n_resume = int(tags.get("study.resumes", "0")) + 1
     client.update_run(parent.info.run_id, status="RUNNING")
     writer = MlflowWriter(uri, spec.name, parent_name=execution,
-                          parent_tags={"study.status": "running", "study.resumes": n_resume},
+                          parent_tags={"study.status": StudyStatus.RUNNING,
+                                       "study.resumes": n_resume},
                           parent_params={}, parent_run_id=parent.info.run_id)
     writer.child_ids.update({k: r["mlflow_run_id"] for k, r in done.items()})
     callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"])
@@ -553,18 +556,18 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             callbacks=[callback]),
     )
-    status = "failed"
+    status = StudyStatus.FAILED
     report_error: Exception | None = None
     try:
         if interrupts.held():  # it came while the stores were being prepared
-            status = "interrupted"
+            status = StudyStatus.INTERRUPTED
         else:
             interrupts.through_tune()  # SIGTERM stops the trials like Ctrl-C
             if num_samples > 0:
                 tuner.fit()
             status = _outcome(spec, callback)
     except KeyboardInterrupt:
-        status = "interrupted"
+        status = StudyStatus.INTERRUPTED
     finally:
         # Once the trials are over, a signal waits until the report is written and the
         # parent run is closed (about a second), so the stores are never left half-done.
@@ -574,7 +577,7 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
                          time.monotonic() - t0)
         for rec in result.runs:
             rec.mlflow_run_id = writer.child_ids.get(rec.run_key)
-        if status != "failed":
+        if status != StudyStatus.FAILED:
             try:
                 _report(spec, result, storage, writer, _report_dir(spec, execution))
             except Exception as e:  # raised below, once the stores are closed
@@ -593,10 +596,10 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
 def _outcome(spec: StudySpec, callback: StudyCallback) -> str:
     """finished (every run ended), failed (every run failed) or interrupted."""
     counts = callback.counts()
-    if spec.total_runs and counts["failed"] == spec.total_runs:
-        return "failed"
+    if spec.total_runs and counts[RunStatus.FAILED] == spec.total_runs:
+        return StudyStatus.FAILED
     ended = sum(counts[k] for k in ENDED)
-    return "finished" if ended == spec.total_runs else "interrupted"
+    return StudyStatus.FINISHED if ended == spec.total_runs else StudyStatus.INTERRUPTED
 
 
 def _close(spec: StudySpec, result: StudyResult, callback: StudyCallback, writer: Any,
@@ -615,8 +618,8 @@ def _close(spec: StudySpec, result: StudyResult, callback: StudyCallback, writer
     if report_error is not None:
         tags["study.report_error"] = redact_text(f"{type(report_error).__name__}: "
                                                  f"{_last_line(str(report_error))}")
-    mlflow_status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(result.status,
-                                                                         "FAILED")
+    mlflow_status = {StudyStatus.FINISHED: "FINISHED",
+                     StudyStatus.INTERRUPTED: "KILLED"}.get(result.status, "FAILED")
     if report_error is not None and mlflow_status == "FINISHED":
         mlflow_status = "FAILED"
     writer.close(mlflow_status, tags=tags)
@@ -645,11 +648,10 @@ def _result(spec: StudySpec, execution: str, status: str, cb: StudyCallback,
             searcher: Any, writer: Any, wall: float) -> StudyResult:
     configs = []
     for c in searcher.configs:
-        usable = [v for v in c.values.values() if v is not None and math.isfinite(v)]
         configs.append(ConfigRecord(index=c.index, optuna_trial=c.optuna_number,
                                     params=dict(c.params),
                                     value=c.value if c.told else None, runs=len(c.runs),
-                                    usable_runs=len(usable)))
+                                    usable_runs=len(finite_values(c.values.values()))))
     runs = sorted(cb.records.values(), key=lambda r: (r.config, r.seed, str(r.level)))
     return StudyResult(name=spec.name, execution=execution, status=status, metric=spec.metric,
                        mode=spec.mode, runs=runs, configs=configs,

@@ -15,9 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from study import callback as cb
-from study import runner
+from study import runner, warmup
 from study.spec import parse_spec
+from study.warmup import ReportWarmup
 from tests.conftest import tiny_spec
 
 
@@ -99,11 +99,6 @@ def test_local_instance_prestarts_per_slot_lean_and_unniced(prestart, workdir):
     assert int(nice) == (os.nice(0) if prestart == 1 else 15)
 
 
-def _callback(cpus: float) -> cb.StudyCallback:
-    spec = SimpleNamespace(cpu=1.0, name="t", total_runs=4)
-    return cb.StudyCallback(spec, writer=None, echo=None, cpus=cpus)  # type: ignore[arg-type]
-
-
 def _trials(*statuses: str) -> list:
     return [SimpleNamespace(status=s) for s in statuses]
 
@@ -112,8 +107,8 @@ def _trials(*statuses: str) -> list:
 def warmed(monkeypatch):
     started: list[float] = []
     clock = {"now": 100.0}
-    monkeypatch.setattr(cb.time, "monotonic", lambda: clock["now"])
-    monkeypatch.setattr(cb, "_import_report_modules", lambda: started.append(clock["now"]))
+    monkeypatch.setattr(warmup.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(warmup, "import_report_modules", lambda: started.append(clock["now"]))
 
     def advance(seconds: float) -> None:
         clock["now"] += seconds
@@ -131,35 +126,35 @@ def _join_warm_threads() -> None:
 
 def test_report_imports_wait_for_a_free_cpu_when_every_cpu_is_a_slot(warmed):
     started, advance = warmed
-    c = _callback(cpus=2)
-    c._maybe_warm(_trials("RUNNING", "PENDING"))
-    assert not c._warmed  # nothing has completed yet
-    c._completed = 1
+    w = ReportWarmup(cpu_per_trial=1.0, cpus=2)
+    w.maybe_start(_trials("RUNNING", "PENDING"))
+    assert not w.started  # nothing has completed yet
+    w.trial_completed()
     for _ in range(5):  # both CPUs train
-        c._maybe_warm(_trials("TERMINATED", "RUNNING", "RUNNING"))
+        w.maybe_start(_trials("TERMINATED", "RUNNING", "RUNNING"))
         advance(1.0)
-    assert not c._warmed
-    c._maybe_warm(_trials("TERMINATED", "TERMINATED", "RUNNING"))  # between two trials
+    assert not w.started
+    w.maybe_start(_trials("TERMINATED", "TERMINATED", "RUNNING"))  # between two trials
     advance(0.2)
-    c._maybe_warm(_trials("TERMINATED", "TERMINATED", "RUNNING", "RUNNING"))
+    w.maybe_start(_trials("TERMINATED", "TERMINATED", "RUNNING", "RUNNING"))
     advance(1.0)
-    assert not c._warmed  # a short gap does not count
-    c._maybe_warm(_trials("TERMINATED", "TERMINATED", "TERMINATED", "RUNNING"))
+    assert not w.started  # a short gap does not count
+    w.maybe_start(_trials("TERMINATED", "TERMINATED", "TERMINATED", "RUNNING"))
     advance(0.6)
-    c._maybe_warm(_trials("TERMINATED", "TERMINATED", "TERMINATED", "RUNNING"))
-    assert c._warmed  # a slot has had no trial for 0.6 s: the end of the study
+    w.maybe_start(_trials("TERMINATED", "TERMINATED", "TERMINATED", "RUNNING"))
+    assert w.started  # a slot has had no trial for 0.6 s: the end of the study
     _join_warm_threads()
     assert len(started) == 1
 
 
 def test_report_imports_start_early_when_a_cpu_has_no_slot(warmed):
     started, advance = warmed
-    c = _callback(cpus=2)  # one trial at a time on 2 CPUs
-    c._completed = 1
-    c._maybe_warm(_trials("TERMINATED", "RUNNING"))
+    w = ReportWarmup(cpu_per_trial=1.0, cpus=2)  # one trial at a time on 2 CPUs
+    w.trial_completed()
+    w.maybe_start(_trials("TERMINATED", "RUNNING"))
     advance(0.5)
-    c._maybe_warm(_trials("TERMINATED", "RUNNING"))
-    assert c._warmed
-    c._maybe_warm(_trials("TERMINATED", "RUNNING"))  # once only
+    w.maybe_start(_trials("TERMINATED", "RUNNING"))
+    assert w.started
+    w.maybe_start(_trials("TERMINATED", "RUNNING"))  # once only
     _join_warm_threads()
     assert len(started) == 1
