@@ -33,7 +33,8 @@ import numpy as np
 from study.results import USABLE, RunStatus
 
 __all__ = ["USABLE", "Effect", "ci_label", "curves", "finite_mean", "finite_values",
-           "paired_effects", "scale", "status_counts", "usable_value"]
+           "paired_effects", "rows_by_pair", "scale", "show_value", "status_counts",
+           "usable_value"]
 
 
 def ci_label(alpha: float) -> str:
@@ -76,7 +77,7 @@ class Effect:
         [-0.05, 0.09], n=40 pairs: equivalent within the ±0.5 pp margin.' (the interval
         named by its level: 90% CI for alpha 0.1)"""
         s = scale(self.metric) if unit == "pp" else 1.0
-        what = (f"{self.knob}={_v(self.level)} vs {self.knob}={_v(self.reference)}"
+        what = (f"{self.knob}={show_value(self.level)} vs {self.knob}={show_value(self.reference)}"
                 + ("" if self.group == "all" else f" ({self.group})"))
         if self.n == 0:
             return f"{what}: no usable pairs ({self.excluded_pairs} excluded)."
@@ -104,7 +105,8 @@ def scale(metric: str) -> float:
     return 100.0 if metric.endswith("accuracy") else 1.0
 
 
-def _v(x: Any) -> str:
+def show_value(x: Any) -> str:
+    """A knob value as a spec writes it (booleans lower case)."""
     if isinstance(x, bool):
         return "true" if x else "false"
     return str(x)
@@ -135,18 +137,20 @@ def paired_effects(rows: Sequence[Mapping[str, Any]], *, knob: str, levels: Sequ
     groups: dict[str, list[Mapping[str, Any]]] = {"all": list(rows)}
     if by:
         for r in rows:
-            key = f"{by}={_v(r.get(f'param.{by}'))}"
+            key = f"{by}={show_value(r.get(f'param.{by}'))}"
             groups.setdefault(key, []).append(r)
     out = []
     for gname, grows in groups.items():
-        blocks = _blocks(grows)
+        blocks = rows_by_pair(grows)
         for lvl in levels[1:]:
             out.append(_effect(blocks, knob, levels[0], lvl, metric, margin, mode, gname,
                                alpha))
     return out
 
 
-def _blocks(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[Any, Any], dict[str, Mapping]]:
+def rows_by_pair(rows: Iterable[Mapping[str, Any]],
+                 ) -> dict[tuple[Any, Any], dict[str, Mapping]]:
+    """Rows grouped by pair (configuration, seed), each keyed by repr(level)."""
     blocks: dict[tuple[Any, Any], dict[str, Mapping]] = defaultdict(dict)
     for r in rows:
         blocks[(r["config"], r["seed"])][repr(r["level"])] = r
@@ -279,7 +283,7 @@ def curves(rows: Sequence[Mapping[str, Any]], *, x: str, metric: str,
         xv = r.get(f"param.{x}")
         if v is None or xv is None:
             continue
-        label = ", ".join(f"{k}={_v(r.get(f'param.{k}'))}" for k in split)
+        label = ", ".join(f"{k}={show_value(r.get(f'param.{k}'))}" for k in split)
         series[label][xv].append(v)
     out = {}
     for label, pts in sorted(series.items()):

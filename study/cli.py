@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 from study.redact import redact_uri
 from study.spec import SpecError, load_spec
-from study.terminal import printable
+from study.terminal import printable, say
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -146,15 +146,16 @@ def _run(args: argparse.Namespace) -> int:
 
 def _outcome(result: Any, report_failed: str) -> int:
     """Print what went wrong, one line each; the exit code of the worst."""
+    from study.results import ENDED, RunStatus, StudyStatus
+
     lines, code = [], EXIT_OK
-    if result.status == "interrupted":
-        done = sum(1 for r in result.runs if r.status in ("completed", "diverged", "failed",
-                                                           "pruned"))
+    if result.status == StudyStatus.INTERRUPTED:
+        done = sum(1 for r in result.runs if r.status in ENDED)
         lines.append(f"study INTERRUPTED: {done} run(s) ended and are kept; continue with "
                      f"`study resume {result.execution}`")
         code = EXIT_INTERRUPTED
-    elif result.status != "finished":
-        failed = [r for r in result.runs if r.status == "failed"]
+    elif result.status != StudyStatus.FINISHED:
+        failed = [r for r in result.runs if r.status == RunStatus.FAILED]
         why = _first_error(failed)
         lines.append(f"study FAILED: every run failed ({len(failed)} of {len(result.runs)})"
                      + (f"; first error: {why}" if why else ""))
@@ -208,9 +209,7 @@ def _out(text: str) -> None:
     print(printable(text))
 
 
-def _err(msg: str) -> None:
-    """A line for the user on stderr; control characters from user strings made visible."""
-    print(printable(msg), file=sys.stderr, flush=True)
+_err = say  # a line for the user on stderr, control characters made visible
 
 
 def summary(result: Any) -> str:

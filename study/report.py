@@ -20,12 +20,12 @@ from typing import Any
 from study.analysis import (
     USABLE,
     Effect,
-    _blocks,
-    _v,
     ci_label,
     curves,
     paired_effects,
+    rows_by_pair,
     scale,
+    show_value,
     status_counts,
     usable_value,
 )
@@ -139,7 +139,7 @@ def verdict_table(report: Report, spec: StudySpec) -> str:
     lines = [f"verdict on {spec.verdict_metric} (margin ±{spec.margin * s:g}{unit}, "
              f"paired t, TOST):", head, "-" * len(head)]
     for e in report.effects:
-        comp = f"{spec.compare_knob}={_v(e.level)} vs {_v(e.reference)}"
+        comp = f"{spec.compare_knob}={show_value(e.level)} vs {show_value(e.reference)}"
         if e.n:
             ci = f"[{e.ci_low * s:+.2f}, {e.ci_high * s:+.2f}]" if e.n > 1 else "n/a"
             verdict = e.verdict + (f" (~{e.pairs_needed} pairs in all needed)"
@@ -179,7 +179,8 @@ def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str,
         rows = []
         for e in effects:
             rows.append([
-                f"{spec.compare_knob}={_v(e.level)} vs {_v(e.reference)}", e.group, str(e.n),
+                f"{spec.compare_knob}={show_value(e.level)} vs {show_value(e.reference)}",
+                e.group, str(e.n),
                 _f(e.mean_reference * s), _f(e.mean_level * s), _f(e.mean * s, sign=True),
                 f"[{_f(e.ci_low * s, sign=True)}, {_f(e.ci_high * s, sign=True)}]",
                 _p(e.p_value), _p(e.tost_p), e.verdict + (f" (~{e.pairs_needed} pairs in all)"
@@ -194,7 +195,7 @@ def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str,
     b.append(("h2", "Runs"))
     per_level: dict[str, dict[str, int]] = {}
     for r in inp.rows:
-        lv = _v(r.get("level")) if spec.compare_knob else "-"
+        lv = show_value(r.get("level")) if spec.compare_knob else "-"
         per_level.setdefault(lv, {}).setdefault(str(r.get("status")), 0)
         per_level[lv][str(r.get("status"))] += 1
     statuses = [RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.PRUNED, RunStatus.FAILED,
@@ -207,7 +208,7 @@ def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str,
               + f" (planned: {spec.total_runs}). Failed runs carry no value; diverged runs "
               "(loss NaN/inf or above 100 x ln(classes)) keep the value they reached."))
     b.append(("h2", "Settings"))
-    fixed = ", ".join(f"`{k}={_v(v)}`" for k, v in spec.fixed.items())
+    fixed = ", ".join(f"`{k}={show_value(v)}`" for k, v in spec.fixed.items())
     space = "; ".join(f"`{k}`: {d.describe()}" for k, d in spec.space.items()) or "none"
     ds = spec.dataset
     b.append(("p", f"Dataset `{ds.name}`" + (f" (`{ds.path}`)" if ds.path else "")
@@ -216,9 +217,9 @@ def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str,
               + f". Model `{spec.model}`. Fixed: {fixed}. Searched: {space}. "
               f"Sampler `{spec.sampler}` (seed {spec.seed}), {spec.trials} configurations x "
               f"{len(spec.levels)} levels x {spec.repeats} seeds. Weight init "
-              f"`{_v(spec.fixed.get('init', 'searched'))}`, residual branch init "
-              f"`{_v(spec.fixed.get('branch_init', 'searched'))}` and learning rate "
-              f"`{_v(spec.fixed.get('lr', 'searched'))}` decide whether deep nets train at "
+              f"`{show_value(spec.fixed.get('init', 'searched'))}`, residual branch init "
+              f"`{show_value(spec.fixed.get('branch_init', 'searched'))}` and learning rate "
+              f"`{show_value(spec.fixed.get('lr', 'searched'))}` decide whether deep nets train at "
               "all: read every number with them."))
     if curve_sets:
         metric = spec.verdict_metric if spec.compare_knob else spec.metric
@@ -247,13 +248,13 @@ def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str,
         ref = spec.compare_levels[0]
         for lvl in spec.compare_levels[1:]:
             rows = []
-            for (cfg, seed), block in sorted(_blocks(inp.rows).items(),
+            for (cfg, seed), block in sorted(rows_by_pair(inp.rows).items(),
                                              key=lambda kv: (kv[0][0], kv[0][1])):
                 a, c = block.get(repr(ref)), block.get(repr(lvl))
                 rows.append([str(cfg), str(seed), *_arm(a, spec.verdict_metric, s),
                              *_arm(c, spec.verdict_metric, s), _diff(a, c, spec, s)])
-            b.append(("table", (["config", "seed", f"{_v(ref)}: run", "status", "value",
-                                 f"{_v(lvl)}: run", "status", "value", "diff"], rows)))
+            b.append(("table", (["config", "seed", f"{show_value(ref)}: run", "status", "value",
+                                 f"{show_value(lvl)}: run", "status", "value", "diff"], rows)))
     return b
 
 
@@ -261,7 +262,8 @@ def _method(spec: StudySpec) -> str:
     return (f"Method: a pair is one configuration and one seed (same initial values for "
             f"every shared parameter, same mini-batch order, same data split); the "
             f"difference is {spec.verdict_metric}(level) - {spec.verdict_metric}(reference "
-            f"{spec.compare_knob}={_v(spec.compare_levels[0])}) at the last epoch. Mean with a "
+            f"{spec.compare_knob}={show_value(spec.compare_levels[0])}) at the last epoch. Mean "
+            f"with a "
             f"two-sided {100 * (1 - spec.alpha):g}% paired-t confidence interval; equivalence "
             f"by two one-sided t-tests (TOST, alpha {spec.alpha:g}) against ±"
             f"{spec.margin:g}; *better*/*worse* when the interval excludes 0, *equivalent* "
@@ -394,7 +396,7 @@ def _plot_effects(effects: Sequence[Effect], spec: StudySpec) -> bytes:
         ax.errorbar(e.mean * s, y, xerr=[[(e.mean - lo) * s], [(hi - e.mean) * s]], fmt="o",
                     color=colors[e.verdict], capsize=4, zorder=3)
     ax.set_yticks(range(len(shown)))
-    ax.set_yticklabels([f"{_v(e.level)} vs {_v(e.reference)} ({e.group}, n={e.n}): "
+    ax.set_yticklabels([f"{show_value(e.level)} vs {show_value(e.reference)} ({e.group}, n={e.n}): "
                         f"{e.verdict}" for e in reversed(shown)])
     unit = " (pp)" if s == 100.0 else ""
     ax.set_xlabel(f"paired difference in {spec.verdict_metric}{unit}: mean, "

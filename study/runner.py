@@ -12,7 +12,6 @@ import math
 import os
 import secrets
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -45,7 +44,7 @@ from study.results import (
 )
 from study.results import last_line as _last_line
 from study.spec import SpecError, StudySpec, load_spec
-from study.terminal import printable
+from study.terminal import say
 
 if TYPE_CHECKING:  # imports Ray Tune: at run time only inside run()/resume()
     from study.callback import StudyCallback
@@ -55,10 +54,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["METRIC_KEYS", "resume", "run", "trainable"]
 
 Echo = Callable[[str], None]
-
-
-def _stderr(msg: str) -> None:
-    print(printable(msg), file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -229,7 +224,7 @@ def _open_optuna_storage(spec: StudySpec) -> Any:
 
 
 def run(spec: StudySpec | str | os.PathLike[str], *,
-        overrides: Mapping[str, Any] | None = None, echo: Echo | None = _stderr,
+        overrides: Mapping[str, Any] | None = None, echo: Echo | None = say,
         ) -> StudyResult:
     """Run a study to the end and return every run and the best configuration.
 
@@ -290,7 +285,7 @@ def _run(spec: StudySpec, echo: Echo | None) -> StudyResult:
 
 
 def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
-           optuna_storage: str | None = None, echo: Echo | None = _stderr) -> StudyResult:
+           optuna_storage: str | None = None, echo: Echo | None = say) -> StudyResult:
     """Continue an interrupted study execution (driver killed, Ctrl-C, SIGTERM).
 
     `target` is a spec file, a study name (its latest execution) or an execution id. The

@@ -18,7 +18,6 @@ a laptop and on a cluster.
 
 from __future__ import annotations
 
-import math
 import pickle
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +26,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
-from study.analysis import USABLE, usable_value
+from study.analysis import USABLE, finite_mean, usable_value
 from study.redact import redact_spec
+from study.results import RunStatus
 from study.space import define_by_run, expand_runs, make_sampler
 from study.spec import StudySpec
 
@@ -64,11 +64,6 @@ def _records(result: dict | None) -> dict[str, dict[str, Any]]:
             key, _, name = k[len("runs/"):].rpartition("/")
             out.setdefault(key, {})[name] = v
     return out
-
-
-def aggregate(values: list[float | None]) -> float | None:
-    ok = [v for v in values if v is not None and math.isfinite(v)]
-    return math.fsum(ok) / len(ok) if ok else None  # fsum: independent of the order
 
 
 def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage,
@@ -173,7 +168,7 @@ class BlockSearcher(Searcher):
             elif trial_id in self.pruned_trials:
                 cfg.pruned.add(key)
                 cfg.values[key] = None
-            elif status == "failed" or error:
+            elif status == RunStatus.FAILED or error:
                 cfg.values[key] = None
             # else: stopped before its end (interrupted): it runs again on resume
         self._tell_ready()
@@ -228,7 +223,7 @@ class BlockSearcher(Searcher):
                             or len(self.configs) >= self.spec.trials)
             if not (cfg.complete and asked_enough):
                 return
-            cfg.value = None if cfg.pruned else aggregate(list(cfg.values.values()))
+            cfg.value = None if cfg.pruned else finite_mean(cfg.values.values())
             self._tell(cfg)
             cfg.told = True
             self.next_to_tell += 1

@@ -9,8 +9,9 @@ character with a visible escape (``\\x1b``, ``\\r``, ``\\u202e``); newlines and 
 from __future__ import annotations
 
 import re
+import sys
 
-__all__ = ["printable", "short_repr", "short_text"]
+__all__ = ["printable", "say", "short_repr", "short_text"]
 
 # C0 controls but tab and newline, DEL, C1 controls (0x9b is CSI on some terminals), line
 # and paragraph separators, bidirectional embeddings/overrides/isolates, lone surrogates
@@ -46,3 +47,8 @@ def short_text(text: str, most: int = 120) -> str:
     after `most` characters."""
     s = ascii(text)[1:-1]
     return s if len(s) <= most else s[:most] + "..."
+
+
+def say(msg: str) -> None:
+    """A line for the user on stderr (progress, warnings, errors), made printable."""
+    print(printable(msg), file=sys.stderr, flush=True)
