@@ -546,117 +546,199 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
                check_paths: bool = True) -> StudySpec:
     """Validate a raw (YAML-loaded) spec. See :func:`load_spec`.
 
-    `check_paths=False` skips checking that dataset files exist (rebuilding a report on a
-    machine without the data)."""
+    Each section is parsed by its own function, in this order (which decides the error a
+    spec with several mistakes gets). `check_paths=False` skips checking that dataset
+    files exist (rebuilding a report on a machine without the data)."""
     c = _Ctx(source)
+    top = _parse_top(c, raw, overrides)
+    name, question = _parse_name(c, top)
+    dataset = _parse_dataset(c, top.get("dataset", "digits"), check_paths)
+    knobs = _parse_fixed(c, top.get("model", "cnn"), top.get("train"))
+    compare_knob, levels = _parse_compare(c, top.get("compare"), knobs)
+    space = _parse_space(c, top.get("space"), knobs.fixed_from, compare_knob, knobs.values.get)
+    # the fixed knobs: every one not searched or compared
+    fixed = {k: v for k, v in knobs.values.items() if k not in space and k != compare_knob}
+    repeats = c.integer("repeats", top.get("repeats", 1))
+    search = _parse_search(c, top.get("search"), searched=bool(space))
+    _check_run_count(c, search.trials, len(levels) or 1, repeats)
+    _check_footprint(c, _Candidates(fixed, knobs.fixed_from, space, compare_knob, levels),
+                     dataset, check_paths)
+    metric, mode = _parse_metric(c, top.get("metric", "val_accuracy"))
+    verdict = _parse_verdict(c, top.get("verdict"), compare_knob, space)
+    cpu, gpu = _parse_resources(c, top.get("resources"))
+    execution = _parse_execution(c, top.get("execution"))
+    _check_fuse(c, knobs.fuse, fixed)
+    storage = _parse_storage(c, top.get("storage"))
+    # the sections' fields are StudySpec's fields of the same names
+    return StudySpec(
+        name=name, question=question, dataset=dataset, model=knobs.model, fixed=fixed,
+        space=space, compare_knob=compare_knob, compare_levels=levels, repeats=repeats,
+        **vars(search), metric=metric, mode=mode, **vars(verdict), cpu=cpu, gpu=gpu,
+        **vars(execution), fuse=knobs.fuse, **vars(storage), source=source,
+        raw=_deepcopy(top),
+    )
+
+
+def _parse_top(c: _Ctx, raw: Any, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The top-level mapping, overrides applied, its keys checked and `name` and
+    `question` present."""
     if not isinstance(raw, Mapping):
         c.fail("(top level)", raw, "a mapping with keys " + ", ".join(_TOP_KEYS),
                "expected a mapping")
     if overrides:
-        raw = apply_overrides(raw, overrides, source)
+        raw = apply_overrides(raw, overrides, c.source)
     top = c.mapping("", raw, _TOP_KEYS)
     for required in ("name", "question"):
         if required not in top:
             c.fail(required, None, "a non-empty string", "missing required field")
+    return top
 
+
+def _parse_name(c: _Ctx, top: Mapping[str, Any]) -> tuple[str, str]:
+    """`name` (NAME_PATTERN) and `question` (free text)."""
     name = c.string("name", top["name"])
     if not _NAME_RE.fullmatch(name):
         c.fail("name", name, "letters, digits, '.', '_' and '-', starting with a letter or "
                "digit, at most 100 characters")
-    question = c.text("question", top["question"])
-    dataset = _parse_dataset(c, top.get("dataset", "digits"), check_paths)
+    return name, c.text("question", top["question"])
 
-    # model: `cnn` or {name: cnn, <fixed model knobs>}
-    model_raw = top.get("model", "cnn")
+
+@dataclass(frozen=True)
+class _FixedKnobs:
+    """`model:` and `train:`: the model family, the fuse mode, and every knob's value
+    (its default where not set) with the field each set one came from."""
+
+    model: str
+    fuse: str
+    values: dict[str, Any]
+    fixed_from: dict[str, str]
+
+
+def _parse_fixed(c: _Ctx, model_raw: Any, train_raw: Any) -> _FixedKnobs:
+    """`model: cnn` or {name: cnn, <model knobs>}; `train:` {<train knobs>, fuse}."""
     model_knobs = [k.name for k in KNOBS.values() if k.section == "model"]
     if isinstance(model_raw, str):
         model_raw = {"name": model_raw}
     model_map = c.mapping("model", model_raw, ["name", *model_knobs])
     model = c.string("model.name", model_map.pop("name", "cnn"), MODELS)
     train_knobs = [k.name for k in KNOBS.values() if k.section == "train"]
-    train_map = c.mapping("train", top.get("train"), [*train_knobs, "fuse"])
+    train_map = c.mapping("train", train_raw, [*train_knobs, "fuse"])
     fuse_raw = train_map.pop("fuse", "auto")
     if isinstance(fuse_raw, bool):  # YAML reads a bare on/off as true/false
         fuse_raw = "on" if fuse_raw else "off"
     fuse = c.string("train.fuse", fuse_raw, FUSE_MODES)
-
-    fixed: dict[str, Any] = {k.name: k.default for k in KNOBS.values()}
+    values: dict[str, Any] = {k.name: k.default for k in KNOBS.values()}
     fixed_from: dict[str, str] = {}
     for section, m in (("model", model_map), ("train", train_map)):
         for k, v in m.items():
-            fixed[k] = c.knob_value(f"{section}.{k}", KNOBS[k], v)
+            values[k] = c.knob_value(f"{section}.{k}", KNOBS[k], v)
             fixed_from[k] = f"{section}.{k}"
+    return _FixedKnobs(model, fuse, values, fixed_from)
 
-    # compare: {knob: [level, level, ...]}
-    compare_knob: str | None = None
-    compare_levels: tuple[Any, ...] = ()
-    comp = top.get("compare")
-    if comp is not None:
-        comp_map = c.mapping("compare", comp, list(KNOBS))
-        if len(comp_map) != 1:
-            c.fail("compare", comp, "exactly one knob with a list of at least two levels, "
-                   "e.g. {bias: [true, false]}")
-        compare_knob, levels = next(iter(comp_map.items()))
-        path = f"compare.{compare_knob}"
-        lo_n, hi_n = LIMITS["levels"]
-        if not isinstance(levels, list) or not lo_n <= len(levels) <= hi_n:
-            c.fail(path, levels, f"a list of {_fmt(lo_n)} to {_fmt(hi_n)} distinct levels")
-        checked = [c.knob_value(f"{path}[{i}]", KNOBS[compare_knob], v)
-                   for i, v in enumerate(levels)]
-        if len(set(map(repr, checked))) != len(checked):
-            c.fail(path, levels, "distinct levels (a level is repeated)")
-        if compare_knob in fixed_from:
-            c.fail(fixed_from[compare_knob], fixed[compare_knob],
-                   f"a knob set in one place only: {compare_knob} is also compared "
-                   f"in `{path}`", "set twice")
-        compare_levels = tuple(checked)
 
-    space = _parse_space(c, top.get("space"), fixed_from, compare_knob, fixed.get)
-    for k in space:
-        fixed.pop(k, None)
-    if compare_knob:
-        fixed.pop(compare_knob, None)
+def _parse_compare(c: _Ctx, value: Any, knobs: _FixedKnobs) -> tuple[str | None, tuple[Any, ...]]:
+    """`compare:` {knob: [level, level, ...]}: the compared knob (None: no comparison) and
+    its distinct levels; a compared knob is not also fixed."""
+    if value is None:
+        return None, ()
+    comp_map = c.mapping("compare", value, list(KNOBS))
+    if len(comp_map) != 1:
+        c.fail("compare", value, "exactly one knob with a list of at least two levels, "
+               "e.g. {bias: [true, false]}")
+    knob, levels = next(iter(comp_map.items()))
+    path = f"compare.{knob}"
+    lo_n, hi_n = LIMITS["levels"]
+    if not isinstance(levels, list) or not lo_n <= len(levels) <= hi_n:
+        c.fail(path, levels, f"a list of {_fmt(lo_n)} to {_fmt(hi_n)} distinct levels")
+    checked = [c.knob_value(f"{path}[{i}]", KNOBS[knob], v) for i, v in enumerate(levels)]
+    if len(set(map(repr, checked))) != len(checked):
+        c.fail(path, levels, "distinct levels (a level is repeated)")
+    if knob in knobs.fixed_from:
+        c.fail(knobs.fixed_from[knob], knobs.values[knob],
+               f"a knob set in one place only: {knob} is also compared "
+               f"in `{path}`", "set twice")
+    return knob, tuple(checked)
 
-    repeats = c.integer("repeats", top.get("repeats", 1))
 
-    search = c.mapping("search", top.get("search"),
+@dataclass(frozen=True)
+class _Search:
+    """`search:`; the fields are StudySpec's of the same names."""
+
+    sampler: str
+    trials: int
+    seed: int
+    startup_trials: int
+    pending: int
+    scheduler: str
+    grace_period: int
+    reduction_factor: int
+
+
+def _parse_search(c: _Ctx, value: Any, searched: bool) -> _Search:
+    """`search:` the sampler, trials and scheduler; `searched`: `space` is not empty."""
+    search = c.mapping("search", value,
                        ["sampler", "trials", "seed", "startup_trials", "pending", "scheduler",
                         "grace_period", "reduction_factor"])
-    sampler = c.string("search.sampler", search.get("sampler", "tpe"), SAMPLERS)
-    trials = c.integer("search.trials", search.get("trials", 8 if space else 1))
-    seed = c.integer("search.seed", search.get("seed", 0))
-    startup_trials = c.integer("search.startup_trials", search.get("startup_trials", 10))
-    pending = c.integer("search.pending", search.get("pending", 4))
-    scheduler = c.string("search.scheduler", search.get("scheduler", "fifo"), ["fifo", "asha"])
-    grace_period = c.integer("search.grace_period", search.get("grace_period", 1))
-    reduction_factor = c.integer("search.reduction_factor", search.get("reduction_factor", 3))
-    if scheduler == "fifo":
+    out = _Search(
+        sampler=c.string("search.sampler", search.get("sampler", "tpe"), SAMPLERS),
+        trials=c.integer("search.trials", search.get("trials", 8 if searched else 1)),
+        seed=c.integer("search.seed", search.get("seed", 0)),
+        startup_trials=c.integer("search.startup_trials", search.get("startup_trials", 10)),
+        pending=c.integer("search.pending", search.get("pending", 4)),
+        scheduler=c.string("search.scheduler", search.get("scheduler", "fifo"),
+                           ["fifo", "asha"]),
+        grace_period=c.integer("search.grace_period", search.get("grace_period", 1)),
+        reduction_factor=c.integer("search.reduction_factor",
+                                   search.get("reduction_factor", 3)),
+    )
+    if out.scheduler == "fifo":
         for k in ("grace_period", "reduction_factor"):
             if k in search:
                 c.fail(f"search.{k}", search[k], "this only with `scheduler: asha`",
                        "unused setting")
-    if not space and trials > 1:
-        c.fail("search.trials", trials, "1 when `space` is empty (nothing to search: "
+    if not searched and out.trials > 1:
+        c.fail("search.trials", out.trials, "1 when `space` is empty (nothing to search: "
                "use `repeats` for more seeds)")
-    runs = trials * (len(compare_levels) or 1) * repeats
+    return out
+
+
+def _check_run_count(c: _Ctx, trials: int, levels: int, repeats: int) -> None:
+    """trials x levels x repeats within LIMITS["runs"]."""
+    runs = trials * levels * repeats
     if runs > LIMITS["runs"][1]:
         c.fail("search.trials", trials, f"trials x levels x repeats at most "
-               f"{_fmt(LIMITS['runs'][1])} (here {trials} x {len(compare_levels) or 1} x "
+               f"{_fmt(LIMITS['runs'][1])} (here {trials} x {levels} x "
                f"{repeats} = {runs}): split the study", "too many runs")
-    _check_footprint(c, _Candidates(fixed, fixed_from, space, compare_knob, compare_levels),
-                     dataset, check_paths)
 
-    metric_raw = top.get("metric", "val_accuracy")
-    if isinstance(metric_raw, str):
-        metric_raw = {"name": metric_raw}
-    metric_map = c.mapping("metric", metric_raw, ["name", "mode"])
+
+def _parse_metric(c: _Ctx, value: Any) -> tuple[str, str]:
+    """`metric: NAME` or {name, mode}: the metric Optuna optimizes and its direction."""
+    if isinstance(value, str):
+        value = {"name": value}
+    metric_map = c.mapping("metric", value, ["name", "mode"])
     metric = c.string("metric.name", metric_map.get("name", "val_accuracy"), list(METRICS))
     mode = c.string("metric.mode", metric_map.get("mode", METRICS[metric]), ["max", "min"])
+    return metric, mode
 
-    vd = c.mapping("verdict", top.get("verdict"),
-                   ["metric", "mode", "equivalence_margin", "by", "alpha"])
+
+@dataclass(frozen=True)
+class _Verdict:
+    """`verdict:`; the fields are StudySpec's of the same names."""
+
+    verdict_metric: str
+    verdict_mode: str
+    margin: float
+    verdict_by: tuple[str, ...]
+    alpha: float
+
+
+def _parse_verdict(c: _Ctx, value: Any, compare_knob: str | None,
+                   space: Mapping[str, Dist]) -> _Verdict:
+    """`verdict:` (only with `compare:`): metric, margin, alpha and searched knobs to
+    break the effect down by."""
+    vd = c.mapping("verdict", value, ["metric", "mode", "equivalence_margin", "by", "alpha"])
     if vd and not compare_knob:
-        c.fail("verdict", top.get("verdict"), "a `verdict:` only together with `compare:` "
+        c.fail("verdict", value, "a `verdict:` only together with `compare:` "
                "(the verdict is about the compared knob)", "nothing to compare")
     verdict_metric = c.string("verdict.metric", vd.get("metric", "test_accuracy"),
                               list(METRICS))
@@ -675,28 +757,64 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
                    + (", ".join(space) or "none is searched"))
     alpha = c.number("verdict.alpha", vd.get("alpha", 0.05), *LIMITS["verdict.alpha"],
                      low_open=True)
+    return _Verdict(verdict_metric, verdict_mode, margin, tuple(by_list), alpha)
 
-    res = c.mapping("resources", top.get("resources"), ["cpu", "gpu"])
+
+def _parse_resources(c: _Ctx, value: Any) -> tuple[float, float]:
+    """`resources:` CPUs and GPUs per run (a GPU fraction only below one)."""
+    res = c.mapping("resources", value, ["cpu", "gpu"])
     cpu = c.number("resources.cpu", res.get("cpu", 1), *LIMITS["resources.cpu"], low_open=True)
     gpu = c.number("resources.gpu", res.get("gpu", 0))
     if gpu > 1 and not gpu.is_integer():
         c.fail("resources.gpu", res.get("gpu"), "a fraction in (0, 1] or a whole number of "
                "GPUs")
+    return cpu, gpu
 
-    ex = c.mapping("execution", top.get("execution"),
+
+@dataclass(frozen=True)
+class _Execution:
+    """`execution:`; the fields are StudySpec's of the same names."""
+
+    concurrency: int | None
+    retries: int
+    checkpoint_every: int | None
+    runs_per_trial: int | None
+
+
+def _parse_execution(c: _Ctx, value: Any) -> _Execution:
+    """`execution:` concurrency, retries, checkpoints and runs per Tune trial."""
+    ex = c.mapping("execution", value,
                    ["concurrency", "retries", "checkpoint_every", "runs_per_trial"])
     conc_raw = ex.get("concurrency")
-    concurrency = None if conc_raw is None else c.integer("execution.concurrency", conc_raw)
-    retries = c.integer("execution.retries", ex.get("retries", 2))
-    checkpoint_every = c.integer_or_auto("execution.checkpoint_every",
-                                         ex.get("checkpoint_every", "auto"))
-    runs_per_trial = c.integer_or_auto("execution.runs_per_trial",
-                                       ex.get("runs_per_trial", "auto"))
+    return _Execution(
+        concurrency=None if conc_raw is None else c.integer("execution.concurrency",
+                                                            conc_raw),
+        retries=c.integer("execution.retries", ex.get("retries", 2)),
+        checkpoint_every=c.integer_or_auto("execution.checkpoint_every",
+                                           ex.get("checkpoint_every", "auto")),
+        runs_per_trial=c.integer_or_auto("execution.runs_per_trial",
+                                         ex.get("runs_per_trial", "auto")),
+    )
+
+
+def _check_fuse(c: _Ctx, fuse: str, fixed: Mapping[str, Any]) -> None:
+    """`train.fuse: on` needs one loss scaler per fused model: not with fp16 fixed."""
     if fuse == "on" and fixed.get("precision") == "fp16":
         c.fail("train.fuse", "on", "auto or off with `train.precision: fp16` (one loss "
                "scaler cannot serve several fused models); or precision fp32/bf16")
 
-    st = c.mapping("storage", top.get("storage"), ["optuna", "tracking", "results"])
+
+@dataclass(frozen=True)
+class _Storage:
+    """`storage:`; the fields are StudySpec's of the same names."""
+
+    optuna_storage: str
+    tracking_uri: str
+    results_dir: str
+
+
+def _parse_storage(c: _Ctx, value: Any) -> _Storage:
+    st = c.mapping("storage", value, ["optuna", "tracking", "results"])
     optuna_storage = st.get("optuna") or os.environ.get("STUDY_OPTUNA_STORAGE") \
         or "sqlite:///optuna.db"
     optuna_storage = c.string("storage.optuna", optuna_storage)
@@ -708,20 +826,7 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     optuna_storage = _absolute_sqlite(optuna_storage)
     results_dir = c.string("storage.results", st.get("results")
                            or os.environ.get("STUDY_RESULTS_DIR") or "study_results")
-
-    return StudySpec(
-        name=name, question=question, dataset=dataset, model=model, fixed=fixed,
-        space=space, compare_knob=compare_knob, compare_levels=compare_levels,
-        repeats=repeats, sampler=sampler, trials=trials, seed=seed,
-        startup_trials=startup_trials, pending=pending, scheduler=scheduler,
-        grace_period=grace_period, reduction_factor=reduction_factor, metric=metric,
-        mode=mode, verdict_metric=verdict_metric, verdict_mode=verdict_mode, margin=margin,
-        verdict_by=tuple(by_list), alpha=alpha, cpu=cpu, gpu=gpu, concurrency=concurrency,
-        retries=retries, checkpoint_every=checkpoint_every, fuse=fuse,
-        runs_per_trial=runs_per_trial,
-        optuna_storage=optuna_storage, tracking_uri=tracking_uri, results_dir=results_dir,
-        source=source, raw=_deepcopy(raw),
-    )
+    return _Storage(optuna_storage, tracking_uri, results_dir)
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
