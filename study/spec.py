@@ -25,11 +25,13 @@ __all__ = [
     "DatasetSpec",
     "Dist",
     "Knob",
+    "STORAGE_ENV",
     "SpecError",
     "StudySpec",
     "apply_overrides",
     "load_spec",
     "parse_spec",
+    "resolve_storage",
 ]
 
 
@@ -568,7 +570,8 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     cpu, gpu = _parse_resources(c, top.get("resources"))
     execution = _parse_execution(c, top.get("execution"))
     _check_fuse(c, knobs.fuse, fixed)
-    storage = _parse_storage(c, top.get("storage"))
+    st = c.mapping("storage", top.get("storage"), list(STORAGE_ENV))
+    storage = _parse_storage(c, st, resolve_storage(st))  # the environment is read here
     # the sections' fields are StudySpec's fields of the same names
     return StudySpec(
         name=name, question=question, dataset=dataset, model=knobs.model, fixed=fixed,
@@ -813,27 +816,44 @@ class _Storage:
     results_dir: str
 
 
-def _parse_storage(c: _Ctx, value: Any) -> _Storage:
-    st = c.mapping("storage", value, ["optuna", "tracking", "results"])
-    optuna_storage = st.get("optuna") or os.environ.get("STUDY_OPTUNA_STORAGE") \
-        or "sqlite:///optuna.db"
-    optuna_storage = c.string("storage.optuna", optuna_storage)
+# Where each store is when `storage:` does not say: key -> (environment variable, default)
+STORAGE_ENV: dict[str, tuple[str, str]] = {
+    "optuna": ("STUDY_OPTUNA_STORAGE", "sqlite:///optuna.db"),  # any SQLAlchemy URL
+    "tracking": ("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),  # MLflow's own variable
+    "results": ("STUDY_RESULTS_DIR", "study_results"),  # Ray Tune's folder
+}
+
+
+def resolve_storage(section: Mapping[str, Any],
+                    environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Where each store is: for each key of STORAGE_ENV, the spec's `storage.<key>`, else
+    its environment variable in `environ` (default: os.environ), else its default; an
+    empty value counts as unset. The values are not checked here (see _parse_storage)."""
+    env = os.environ if environ is None else environ
+    return {key: section.get(key) or env.get(var) or default
+            for key, (var, default) in STORAGE_ENV.items()}
+
+
+def _parse_storage(c: _Ctx, st: Mapping[str, Any], where: Mapping[str, Any]) -> _Storage:
+    """`storage:` checked: `st` the spec's section, `where` resolved by resolve_storage
+    (what comes from the environment is checked too, except MLflow's URI); relative
+    SQLite paths made absolute."""
+    optuna_storage = c.string("storage.optuna", where["optuna"])
     if "://" not in optuna_storage:
         c.fail("storage.optuna", optuna_storage, "an SQLAlchemy URL such as "
                "sqlite:///optuna.db or postgresql://user:pw@host/db")
-    tracking_uri = resolve_tracking_uri(
-        c.string("storage.tracking", st["tracking"]) if st.get("tracking") else None)
+    if st.get("tracking"):
+        c.string("storage.tracking", st["tracking"])
+    tracking_uri = _absolute_sqlite(where["tracking"])
     optuna_storage = _absolute_sqlite(optuna_storage)
-    results_dir = c.string("storage.results", st.get("results")
-                           or os.environ.get("STUDY_RESULTS_DIR") or "study_results")
+    results_dir = c.string("storage.results", where["results"])
     return _Storage(optuna_storage, tracking_uri, results_dir)
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
     """The MLflow store: `explicit`, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db;
     a relative SQLite path made absolute."""
-    return _absolute_sqlite(explicit or os.environ.get("MLFLOW_TRACKING_URI")
-                            or "sqlite:///mlflow.db")
+    return _absolute_sqlite(resolve_storage({"tracking": explicit})["tracking"])
 
 
 def _absolute_sqlite(url: str) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from study.spec import KNOBS, SpecError, load_spec, parse_spec
+from study.spec import KNOBS, SpecError, load_spec, parse_spec, resolve_storage
 from tests.conftest import SPECS, tiny_spec
 
 
@@ -217,6 +217,21 @@ def test_store_urls_from_environment_and_made_absolute(tmp_path, monkeypatch):
     msg = str(pytest.raises(SpecError, parse_spec, tiny_spec(storage={"optuna": "optuna.db"}))
               .value)
     assert "`storage.optuna`" in msg and "sqlite:///optuna.db" in msg
+
+
+def test_storage_precedence_spec_then_given_environment_then_default(monkeypatch):
+    monkeypatch.setenv("STUDY_RESULTS_DIR", "from-os-environ")
+    env = {"STUDY_OPTUNA_STORAGE": "postgresql://u:p@db/o",
+           "MLFLOW_TRACKING_URI": "http://127.0.0.1:5999", "STUDY_RESULTS_DIR": "/srv/r"}
+    # a spec field wins; an empty one counts as unset, so the environment given wins
+    assert resolve_storage({"optuna": "sqlite:///spec.db", "tracking": ""}, env) == {
+        "optuna": "sqlite:///spec.db", "tracking": "http://127.0.0.1:5999",
+        "results": "/srv/r"}
+    # an explicit empty environment: the defaults, whatever os.environ holds
+    assert resolve_storage({}, {}) == {"optuna": "sqlite:///optuna.db",
+                                       "tracking": "sqlite:///mlflow.db",
+                                       "results": "study_results"}
+    assert resolve_storage({})["results"] == "from-os-environ"  # no mapping: os.environ
 
 
 def test_unreachable_tracking_server_is_a_clear_error():
