@@ -19,6 +19,7 @@ AUTO_CHECKPOINT_SECONDS of each unit's training, trained again.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import traceback
@@ -27,7 +28,9 @@ from typing import Any
 
 from study.analysis import finite_mean
 from study.data import TensorData
-from study.results import USABLE, RunStatus
+from study.results import USABLE, RunStatus, last_line
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["AUTO_CHECKPOINT_SECONDS", "BlockRun", "train_block"]
 
@@ -98,90 +101,126 @@ def train_block(runs: Sequence[Mapping[str, Any]], data: TensorData, *, device: 
     restored)` runs before a unit trains an epoch (fault injection hooks in here). Returns
     every run's final record.
     """
-    from study.fused import FusedTrainer, fuse_groups
-    from study.train import Trainer
+    block = _Block(runs, data, device=device, fuse=fuse, store=store, retries=retries,
+                   before_epoch=before_epoch)
+    reported = False
+    for epoch in range(1, max(int(r["epochs"]) for r in runs) + 1):
+        trained = block.train_epoch(epoch)
+        if trained:
+            report(epoch, block.records())
+            reported = True
+        # after the report: a worker death in between repeats an epoch (logged once),
+        # never skips one
+        block.checkpoint(trained, checkpoint_every)
+        if all(b.status != RunStatus.RUNNING for b in block.state.values()):
+            break
+    if not reported:  # a retried block whose runs had all ended: their final records
+        report(max(len(b.history) for b in block.state.values()), block.records())
+    block.clear_checkpoints()
+    return block.state
 
-    state = {r["run_key"]: BlockRun(r) for r in runs}
-    units = [_Unit(g) for g in fuse_groups(runs, fuse)]
-    checkpoint_keys = {u.key for u in units}  # every key a checkpoint may have been saved as
 
-    def start(u: _Unit) -> None:
-        saved = store.load(u.key, map_location=device) if store else None
+class _Block:
+    """The runs of one Tune trial, their units (single runs or fused groups), and what
+    happens to a unit that raises: a fused group is split into its runs, a single run is
+    retried from its checkpoint `retries` times and then fails."""
+
+    def __init__(self, runs: Sequence[Mapping[str, Any]], data: TensorData, *, device: Any,
+                 fuse: bool, store: Store, retries: int,
+                 before_epoch: Callable[[Sequence[str], int, bool], None] | None) -> None:
+        from study.fused import fuse_groups
+
+        self.data, self.device, self.store, self.retries = data, device, store, retries
+        self.before_epoch = before_epoch
+        self.state = {r["run_key"]: BlockRun(r) for r in runs}
+        self.units = [_Unit(g) for g in fuse_groups(runs, fuse)]
+        # every key a checkpoint may have been saved as
+        self.checkpoint_keys = {u.key for u in self.units}
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        return {k: b.record() for k, b in self.state.items()}
+
+    def train_epoch(self, epoch: int) -> list[_Unit]:
+        """Bring every live unit to `epoch`; the units that trained."""
+        trained: list[_Unit] = []
+        i = 0
+        while i < len(self.units):
+            u = self.units[i]
+            if u.dead:
+                i += 1
+                continue
+            try:
+                if self._train_to(u, epoch):
+                    trained.append(u)
+            except Exception:  # recorded on the run (status failed, error) or retried
+                if not self._failed(i, u, traceback.format_exc()):
+                    continue  # the same place holds the split group or the retry
+            i += 1
+        return trained
+
+    def _failed(self, i: int, u: _Unit, error: str) -> bool:
+        """Handle a unit that raised; False when position `i` must be trained again."""
+        u.trainer = None
+        if len(u.group) > 1:  # isolate the fault: its runs go on alone, afresh
+            logger.warning("fused group %s raised; its runs go on one by one: %s", u.key,
+                           last_line(error))
+            self.units[i: i + 1] = [_Unit([r]) for r in u.group]
+            self.checkpoint_keys.update(r["run_key"] for r in u.group)
+            if self.store is not None:
+                self.store.delete(u.key)
+            return False
+        u.attempts += 1
+        if u.attempts <= self.retries:
+            return False  # again, from its last checkpoint
+        u.dead = True
+        b = self.state[u.keys[0]]
+        b.status, b.error, b.attempts = RunStatus.FAILED, error, u.attempts
+        return True
+
+    def _start(self, u: _Unit) -> None:
+        from study.fused import FusedTrainer
+        from study.train import Trainer
+
+        saved = self.store.load(u.key, map_location=self.device) if self.store else None
         u.restored = saved is not None
         u.saved_at = time.monotonic()
-        u.trainer = (FusedTrainer(u.group, data, device=device, start_state=saved)
+        u.trainer = (FusedTrainer(u.group, self.data, device=self.device, start_state=saved)
                      if len(u.group) > 1 else
-                     Trainer(u.group[0], data, device=device, start_state=saved))
-        sync(u)
+                     Trainer(u.group[0], self.data, device=self.device, start_state=saved))
+        self._sync(u)
 
-    def sync(u: _Unit) -> None:
+    def _sync(self, u: _Unit) -> None:
         for r, o in zip(u.group, u.trainer.outcomes, strict=True):
-            b = state[r["run_key"]]
+            b = self.state[r["run_key"]]
             b.history, b.params, b.macs = o.history, o.params, o.macs
             b.fused = len(u.group)
             b.status = RunStatus.DIVERGED if o.status == RunStatus.DIVERGED else (
                 RunStatus.COMPLETED if o.epochs >= int(r["epochs"]) else RunStatus.RUNNING)
 
-    def train_to(u: _Unit, epoch: int) -> bool:
+    def _train_to(self, u: _Unit, epoch: int) -> bool:
         """Bring the unit to `epoch`; False if nothing was left to train."""
         if u.trainer is None:
-            start(u)
+            self._start(u)
         if u.trainer.done or u.trainer.epochs >= epoch:
             return False
         while not u.trainer.done and u.trainer.epochs < epoch:
-            if before_epoch is not None:
-                before_epoch(u.keys, u.trainer.epochs + 1, u.restored)
+            if self.before_epoch is not None:
+                self.before_epoch(u.keys, u.trainer.epochs + 1, u.restored)
             u.trainer.epoch()
-        sync(u)
+        self._sync(u)
         return True
 
-    last = max(int(r["epochs"]) for r in runs)
-    reported = False
-    for epoch in range(1, last + 1):
-        trained: list[_Unit] = []
-        i = 0
-        while i < len(units):
-            u = units[i]
-            if u.dead:
-                i += 1
-                continue
-            try:
-                if train_to(u, epoch):
-                    trained.append(u)
-            except Exception:
-                error = traceback.format_exc()
-                u.trainer = None
-                if len(u.group) > 1:  # isolate the fault: its runs go on alone, afresh
-                    units[i: i + 1] = [_Unit([r]) for r in u.group]
-                    checkpoint_keys.update(r["run_key"] for r in u.group)
-                    if store is not None:
-                        store.delete(u.key)
-                    continue
-                u.attempts += 1
-                if u.attempts <= retries:
-                    continue  # again, from its last checkpoint
-                u.dead = True
-                b = state[u.keys[0]]
-                b.status, b.error, b.attempts = RunStatus.FAILED, error, u.attempts
-            i += 1
-        if trained:
-            report(epoch, {k: b.record() for k, b in state.items()})
-            reported = True
-        # after the report: a worker death in between repeats an epoch (logged once),
-        # never skips one
-        for u in trained if store is not None else ():
-            if u.checkpoint_due(checkpoint_every):
-                store.save(u.key, u.trainer.state())
+    def checkpoint(self, trained: Sequence[_Unit], every: int | None) -> None:
+        """Save the trained units whose checkpoint is due."""
+        for u in trained if self.store is not None else ():
+            if u.checkpoint_due(every):
+                self.store.save(u.key, u.trainer.state())
                 u.saved_at = time.monotonic()
-        if all(b.status != RunStatus.RUNNING for b in state.values()):
-            break
-    if not reported:  # a retried block whose runs had all ended: their final records
-        report(max(len(b.history) for b in state.values()),
-               {k: b.record() for k, b in state.items()})
-    if store is not None:
-        for key in checkpoint_keys:
-            store.delete(key)
-    return state
+
+    def clear_checkpoints(self) -> None:
+        if self.store is not None:
+            for key in self.checkpoint_keys:
+                self.store.delete(key)
 
 
 def block_value(records: Mapping[str, Mapping[str, Any]], metric: str) -> float:

@@ -164,35 +164,55 @@ Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", (head, rows)) 
 
 def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str, int],
                curve_sets: Mapping[str, Any]) -> list[Block]:
+    """The report's sections, in order."""
     spec = inp.spec
-    s = scale(spec.verdict_metric)
-    unit = " pp" if s == 100.0 else ""
     b: list[Block] = [("p", f"**Question.** {spec.question}")]
     b.append(("p", f"Execution `{inp.execution}` ({inp.status}); MLflow parent run "
                    f"`{inp.parent_run_id}` at `{redact_uri(inp.tracking_uri)}`; spec "
                    f"`{spec.source}`."))
     if effects:
-        b.append(("h2", "Verdict"))
-        for e in effects:
-            if e.group == "all":
-                b.append(("p", "**" + e.sentence() + "**"))
-        rows = []
-        for e in effects:
-            rows.append([
-                f"{spec.compare_knob}={show_value(e.level)} vs {show_value(e.reference)}",
-                e.group, str(e.n),
-                _f(e.mean_reference * s), _f(e.mean_level * s), _f(e.mean * s, sign=True),
-                f"[{_f(e.ci_low * s, sign=True)}, {_f(e.ci_high * s, sign=True)}]",
-                _p(e.p_value), _p(e.tost_p), e.verdict + (f" (~{e.pairs_needed} pairs in all)"
-                                                          if e.pairs_needed else ""),
-                str(e.excluded_pairs), str(e.diverged_pairs)])
-        b.append(("table", ([
-            "comparison", "group", "pairs", f"mean ref{unit}", f"mean level{unit}",
-            f"diff{unit}", ci_label(spec.alpha), "p (diff)", "p (TOST)", "verdict", "excluded",
-            "diverged"], rows)))
-        b.append(("img", "effects.png"))
-        b.append(("p", _method(spec)))
-    b.append(("h2", "Runs"))
+        b += _verdict_section(spec, effects)
+    b += _runs_section(inp, counts)
+    b += _settings_section(spec)
+    if curve_sets:
+        b += _curves_section(spec, curve_sets)
+    b += _importance_section(inp)
+    if effects:
+        b += _pairs_section(inp)
+    return b
+
+
+def _unit(spec: StudySpec) -> tuple[float, str]:
+    """The verdict metric's display scale and unit (percentage points for accuracies)."""
+    s = scale(spec.verdict_metric)
+    return s, " pp" if s == 100.0 else ""
+
+
+def _verdict_section(spec: StudySpec, effects: Sequence[Effect]) -> list[Block]:
+    s, unit = _unit(spec)
+    b: list[Block] = [("h2", "Verdict")]
+    b += [("p", "**" + e.sentence() + "**") for e in effects if e.group == "all"]
+    rows = []
+    for e in effects:
+        rows.append([
+            f"{spec.compare_knob}={show_value(e.level)} vs {show_value(e.reference)}",
+            e.group, str(e.n),
+            _f(e.mean_reference * s), _f(e.mean_level * s), _f(e.mean * s, sign=True),
+            f"[{_f(e.ci_low * s, sign=True)}, {_f(e.ci_high * s, sign=True)}]",
+            _p(e.p_value), _p(e.tost_p), e.verdict + (f" (~{e.pairs_needed} pairs in all)"
+                                                      if e.pairs_needed else ""),
+            str(e.excluded_pairs), str(e.diverged_pairs)])
+    b.append(("table", ([
+        "comparison", "group", "pairs", f"mean ref{unit}", f"mean level{unit}",
+        f"diff{unit}", ci_label(spec.alpha), "p (diff)", "p (TOST)", "verdict", "excluded",
+        "diverged"], rows)))
+    b.append(("img", "effects.png"))
+    b.append(("p", _method(spec)))
+    return b
+
+
+def _runs_section(inp: ReportInput, counts: Mapping[str, int]) -> list[Block]:
+    spec = inp.spec
     per_level: dict[str, dict[str, int]] = {}
     for r in inp.rows:
         lv = show_value(r.get("level")) if spec.compare_knob else "-"
@@ -200,61 +220,77 @@ def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str,
         per_level[lv][str(r.get("status"))] += 1
     statuses = [RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.PRUNED, RunStatus.FAILED,
                 RunStatus.STOPPED, RunStatus.RUNNING]
-    b.append(("table", ([spec.compare_knob or "level", *statuses, "total"], [
-        [lv, *(str(c.get(st, 0)) for st in statuses), str(sum(c.values()))]
-        for lv, c in per_level.items()])))
     total = sum(counts.values())
-    b.append(("p", f"{total} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items())
-              + f" (planned: {spec.total_runs}). Failed runs carry no value; diverged runs "
-              "(loss NaN/inf or above 100 x ln(classes)) keep the value they reached."))
-    b.append(("h2", "Settings"))
+    return [
+        ("h2", "Runs"),
+        ("table", ([spec.compare_knob or "level", *statuses, "total"], [
+            [lv, *(str(c.get(st, 0)) for st in statuses), str(sum(c.values()))]
+            for lv, c in per_level.items()])),
+        ("p", f"{total} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+         + f" (planned: {spec.total_runs}). Failed runs carry no value; diverged runs "
+         "(loss NaN/inf or above 100 x ln(classes)) keep the value they reached."),
+    ]
+
+
+def _settings_section(spec: StudySpec) -> list[Block]:
     fixed = ", ".join(f"`{k}={show_value(v)}`" for k, v in spec.fixed.items())
     space = "; ".join(f"`{k}`: {d.describe()}" for k, d in spec.space.items()) or "none"
     ds = spec.dataset
-    b.append(("p", f"Dataset `{ds.name}`" + (f" (`{ds.path}`)" if ds.path else "")
-              + f", validation fraction {ds.val_fraction:g}, split seed {ds.split_seed}"
-              + (f", first {ds.limit} training examples" if ds.limit else "")
-              + f". Model `{spec.model}`. Fixed: {fixed}. Searched: {space}. "
-              f"Sampler `{spec.sampler}` (seed {spec.seed}), {spec.trials} configurations x "
-              f"{len(spec.levels)} levels x {spec.repeats} seeds. Weight init "
-              f"`{show_value(spec.fixed.get('init', 'searched'))}`, residual branch init "
-              f"`{show_value(spec.fixed.get('branch_init', 'searched'))}` and learning rate "
-              f"`{show_value(spec.fixed.get('lr', 'searched'))}` decide whether deep nets train at "
-              "all: read every number with them."))
-    if curve_sets:
-        metric = spec.verdict_metric if spec.compare_knob else spec.metric
-        b.append(("h2", "Depth and width"))
-        b.append(("p", f"Mean {metric} (± one standard deviation over runs) against depth "
-                  "and width, one curve per combination of "
-                  + ", ".join(_curve_split(spec)) + ". Failed runs left out."))
-        b.append(("img", "curves.png"))
-        for x, series in curve_sets.items():
-            rows = []
-            for label, pts in series.items():
-                for p in pts:
-                    rows.append([label, str(p.x), _f(p.mean * s), _f(p.sd * s), str(p.n)])
-            b.append(("table", ([ "series", x, f"mean{unit}", f"sd{unit}", "runs"], rows)))
-    b.append(("h2", "Parameter importance"))
-    if inp.importance:
-        b.append(("p", f"Evaluator: {IMPORTANCE_EVALUATOR}, over the Optuna trials (one per "
-                  f"configuration, value = mean {spec.metric} over its runs)."))
-        b.append(("img", "importance.png"))
-        b.append(("table", (["knob", "importance"], [[k, f"{v:.3f}"] for k, v in
-                                                    inp.importance.items()])))
-    else:
-        b.append(("p", f"Not computed: {inp.importance_note or 'no Optuna study'}."))
-    if effects:
-        b.append(("h2", "Pairs (every number above comes from these runs)"))
-        ref = spec.compare_levels[0]
-        for lvl in spec.compare_levels[1:]:
-            rows = []
-            for (cfg, seed), block in sorted(rows_by_pair(inp.rows).items(),
-                                             key=lambda kv: (kv[0][0], kv[0][1])):
-                a, c = block.get(repr(ref)), block.get(repr(lvl))
-                rows.append([str(cfg), str(seed), *_arm(a, spec.verdict_metric, s),
-                             *_arm(c, spec.verdict_metric, s), _diff(a, c, spec, s)])
-            b.append(("table", (["config", "seed", f"{show_value(ref)}: run", "status", "value",
-                                 f"{show_value(lvl)}: run", "status", "value", "diff"], rows)))
+    return [("h2", "Settings"), (
+        "p", f"Dataset `{ds.name}`" + (f" (`{ds.path}`)" if ds.path else "")
+        + f", validation fraction {ds.val_fraction:g}, split seed {ds.split_seed}"
+        + (f", first {ds.limit} training examples" if ds.limit else "")
+        + f". Model `{spec.model}`. Fixed: {fixed}. Searched: {space}. "
+        f"Sampler `{spec.sampler}` (seed {spec.seed}), {spec.trials} configurations x "
+        f"{len(spec.levels)} levels x {spec.repeats} seeds. Weight init "
+        f"`{show_value(spec.fixed.get('init', 'searched'))}`, residual branch init "
+        f"`{show_value(spec.fixed.get('branch_init', 'searched'))}` and learning rate "
+        f"`{show_value(spec.fixed.get('lr', 'searched'))}` decide whether deep nets train at "
+        "all: read every number with them.")]
+
+
+def _curves_section(spec: StudySpec, curve_sets: Mapping[str, Any]) -> list[Block]:
+    s, unit = _unit(spec)
+    metric = spec.verdict_metric if spec.compare_knob else spec.metric
+    b: list[Block] = [
+        ("h2", "Depth and width"),
+        ("p", f"Mean {metric} (± one standard deviation over runs) against depth "
+         "and width, one curve per combination of "
+         + ", ".join(_curve_split(spec)) + ". Failed runs left out."),
+        ("img", "curves.png")]
+    for x, series in curve_sets.items():
+        rows = [[label, str(p.x), _f(p.mean * s), _f(p.sd * s), str(p.n)]
+                for label, pts in series.items() for p in pts]
+        b.append(("table", (["series", x, f"mean{unit}", f"sd{unit}", "runs"], rows)))
+    return b
+
+
+def _importance_section(inp: ReportInput) -> list[Block]:
+    if not inp.importance:
+        return [("h2", "Parameter importance"),
+                ("p", f"Not computed: {inp.importance_note or 'no Optuna study'}.")]
+    return [("h2", "Parameter importance"),
+            ("p", f"Evaluator: {IMPORTANCE_EVALUATOR}, over the Optuna trials (one per "
+             f"configuration, value = mean {inp.spec.metric} over its runs)."),
+            ("img", "importance.png"),
+            ("table", (["knob", "importance"], [[k, f"{v:.3f}"] for k, v in
+                                                inp.importance.items()]))]
+
+
+def _pairs_section(inp: ReportInput) -> list[Block]:
+    spec = inp.spec
+    s, _ = _unit(spec)
+    b: list[Block] = [("h2", "Pairs (every number above comes from these runs)")]
+    ref = spec.compare_levels[0]
+    pairs = sorted(rows_by_pair(inp.rows).items(), key=lambda kv: (kv[0][0], kv[0][1]))
+    for lvl in spec.compare_levels[1:]:
+        rows = []
+        for (cfg, seed), block in pairs:
+            a, c = block.get(repr(ref)), block.get(repr(lvl))
+            rows.append([str(cfg), str(seed), *_arm(a, spec.verdict_metric, s),
+                         *_arm(c, spec.verdict_metric, s), _diff(a, c, spec, s)])
+        b.append(("table", (["config", "seed", f"{show_value(ref)}: run", "status", "value",
+                             f"{show_value(lvl)}: run", "status", "value", "diff"], rows)))
     return b
 
 
