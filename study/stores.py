@@ -99,8 +99,9 @@ def _seed(uri: str, library: str, make: Callable[[str], None],
                 os.link(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-    except Exception as e:  # an optimisation only: the library makes the store itself
-        logger.debug("no %s store from the cache for %s: %s", library, redact_uri(uri),
-                     redact_text(str(e)))
+    except Exception as e:  # an optimisation only: reported, and the library makes the store
+        logger.warning("the new %s store %s was not copied from the cached empty one (%s: %s); "
+                       "%s makes it itself, a slower start", library, redact_uri(uri),
+                       type(e).__name__, redact_text(str(e)), library)
         return False
     return True

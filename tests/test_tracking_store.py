@@ -3,6 +3,7 @@ then the same store MLflow would have made: schema, schema version, Default expe
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -70,7 +71,8 @@ def test_seeded_store_is_the_store_mlflow_makes(tmp_path: Path,
 
 
 def test_seeding_leaves_other_stores_to_mlflow(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "cache"))
     assert not seed_mlflow_store("sqlite://")  # in memory
@@ -82,7 +84,10 @@ def test_seeding_leaves_other_stores_to_mlflow(tmp_path: Path,
     # A cache that cannot be written: MLflow makes the store the usual way.
     (tmp_path / "blocked").write_text("a file, not a folder")
     monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "blocked"))
-    assert not seed_mlflow_store(f"sqlite:///{tmp_path}/a.db")
+    with caplog.at_level(logging.WARNING, logger="study.stores"):
+        assert not seed_mlflow_store(f"sqlite:///{tmp_path}/a.db")
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "study.stores"]
+    assert "not copied from the cached empty one" in said and "a.db" in said  # reported
     assert not (tmp_path / "a.db").exists()
     check_tracking_uri(f"sqlite:///{tmp_path}/a.db")
     assert _contents(tmp_path / "a.db")[2][0][1] == "Default"
