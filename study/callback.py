@@ -19,7 +19,6 @@ from ray import tune
 from study.child_runs import ChildRuns
 from study.ledger import RunLedger
 from study.progress import Echo, ProgressPrinter
-from study.redact import redact_spec
 from study.results import ENDED, USABLE, RunRecord, RunStatus
 from study.spec import StudySpec
 from study.warmup import ReportWarmup
@@ -28,21 +27,18 @@ __all__ = ["PruningASHA", "StudyCallback"]
 
 
 class StudyCallback(tune.Callback):
-    """Tune callback: keeps the run ledger, writes MLflow children, prints progress."""
+    """Tune callback: keeps the run ledger, writes MLflow children, prints progress.
+
+    Tune pickles its callbacks with the Tuner (for restore): the parts that hold the spec
+    pickle it without its secrets, and leave their writer and echo function behind."""
 
     def __init__(self, spec: StudySpec, writer: Any, echo: Echo | None,
                  progress_seconds: float = 5.0, cpus: float = 0.0) -> None:
-        self.spec = spec
         self.ledger = RunLedger()
         self.mlflow = ChildRuns(spec, writer)
         self.progress = ProgressPrinter(spec, echo, every=progress_seconds)
         self.warmup = ReportWarmup(float(spec.cpu), cpus)  # cpus: the cluster's (0: unknown)
         self.pruned_trials: set[str] = set()  # Tune trial ids the scheduler stopped early
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks with the Tuner (for restore): the spec goes without its
-        # secrets; the parts leave their writer and echo function behind themselves.
-        return {**self.__dict__, "spec": redact_spec(self.spec)}
 
     @property
     def records(self) -> dict[str, RunRecord]:

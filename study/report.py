@@ -132,8 +132,7 @@ def verdict_table(report: Report, spec: StudySpec) -> str:
     """A short plain-text table of the verdicts, for the terminal."""
     if not report.effects:
         return "(no compared knob: no verdict)"
-    s = scale(spec.verdict_metric)
-    unit = " pp" if s == 100.0 else ""
+    s, unit = _unit(spec)
     head = f"{'comparison':<34} {'group':<16} {'n':>4} {'mean diff' + unit:>13}  " \
            f"{ci_label(spec.alpha):<19} verdict"
     lines = [f"verdict on {spec.verdict_metric} (margin ±{spec.margin * s:g}{unit}, "

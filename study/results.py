@@ -15,7 +15,7 @@ from study.spec import NAME_PATTERN, SpecError
 
 __all__ = ["ENDED", "STATUSES", "USABLE", "ConfigRecord", "ReportError", "RunRecord",
            "RunStatus", "StudyResult", "StudyStatus", "check_execution_id", "check_run_id",
-           "check_study_ref", "count_statuses", "new_execution_id"]
+           "check_study_ref", "count_statuses", "error_summary", "new_execution_id"]
 
 
 class RunStatus(StrEnum):
@@ -204,5 +204,10 @@ class ReportError(RuntimeError):
     them and `study report EXECUTION` rebuilds the report from the stores."""
 
     def __init__(self, result: StudyResult, cause: Exception) -> None:
-        super().__init__(redact_text(f"{type(cause).__name__}: {last_line(str(cause))}"))
+        super().__init__(error_summary(cause))
         self.result = result
+
+
+def error_summary(e: BaseException) -> str:
+    """One line for a terminal or an MLflow tag: the error's type and last line, redacted."""
+    return redact_text(f"{type(e).__name__}: {last_line(str(e))}")

@@ -40,6 +40,7 @@ from study.results import (
     check_execution_id,
     check_run_id,
     check_study_ref,
+    error_summary,
     new_execution_id,
 )
 from study.results import last_line as _last_line
@@ -611,8 +612,7 @@ def _close(spec: StudySpec, result: StudyResult, callback: StudyCallback, writer
         if e.group == "all" and e.n:
             tags[f"study.verdict.{spec.compare_knob}.{e.level}"] = e.verdict
     if report_error is not None:
-        tags["study.report_error"] = redact_text(f"{type(report_error).__name__}: "
-                                                 f"{_last_line(str(report_error))}")
+        tags["study.report_error"] = error_summary(report_error)
     mlflow_status = {StudyStatus.FINISHED: "FINISHED",
                      StudyStatus.INTERRUPTED: "KILLED"}.get(result.status, "FAILED")
     if report_error is not None and mlflow_status == "FINISHED":

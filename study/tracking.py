@@ -168,8 +168,8 @@ class MlflowWriter:
         # ("" is the parent): counted, never retried; later writes for that run go too.
         self.dropped_writes = 0
         self.dropped_runs: dict[str, str] = {}  # run key -> why MLflow refused it
-        self.crash: BaseException | None = None  # what ended the sending thread, if not close
-        self._thread = threading.Thread(target=self._loop, name="study-mlflow", daemon=True)
+        self._thread = threading.Thread(target=self._send_until_stopped, name="study-mlflow",
+                                        daemon=True)
         self._thread.start()
 
     def log_parent_text(self, text: str, artifact_file: str) -> None:
@@ -267,13 +267,6 @@ class MlflowWriter:
         self.client.log_batch(self.parent_run_id, tags=[
             RunTag("study.mlflow_dropped_writes", str(self.dropped_writes)),
             RunTag("study.mlflow_dropped_runs", _str(runs))])
-
-    def _loop(self) -> None:
-        try:
-            self._send_until_stopped()
-        except BaseException as e:  # a bug: close() then reports its writes as unsent
-            self.crash = e
-            raise
 
     def _send_until_stopped(self) -> None:
         from mlflow.exceptions import MlflowException
