@@ -252,7 +252,6 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
 def _run(spec: StudySpec, echo: Echo | None) -> StudyResult:
     t0 = time.monotonic()
     storage, cluster = _prepare(spec)
-    ray_adapter.credentials_out_of_runtime_env()
     from study.callback import StudyCallback
     from study.searcher import BlockSearcher
     from study.tracking import MlflowWriter
@@ -333,7 +332,6 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
         what=f"the Optuna storage of {execution}",
         explicit=("--optuna-storage", optuna_storage)))
     storage, cluster = _prepare(spec)
-    ray_adapter.credentials_out_of_runtime_env()
     done = {r["run_key"]: r for r in rows if r["status"] in ENDED}
     stale = [r for r in rows if r["status"] not in ENDED]
     from mlflow.tracking import MlflowClient
@@ -420,19 +418,12 @@ def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
     """Everything that must hold before any run starts: stores reachable, Ray up, the
     resources the spec asks for present. From here on SIGINT and SIGTERM interrupt the
     study (study.interrupts): at once until Ray is up, then held while the stores are
-    written, until the trials start (_execute)."""
-    interrupts.stop_now()  # before Ray starts, so that Ray's own handling never applies
-    try:
-        return _prepare_stores_and_ray(spec)
-    except BaseException:
-        interrupts.restore()
-        raise
-
-
-def _prepare_stores_and_ray(spec: StudySpec) -> tuple[Any, dict[str, float]]:
+    written, until the trials start (_execute). Its callers give the caller's handlers
+    back if it raises (interrupts.restored_on_error)."""
     from study.data import check_dataset
     from study.tracking import check_tracking_uri
 
+    interrupts.stop_now()  # before Ray starts, so that Ray's own handling never applies
     check_dataset(spec.dataset, spec.source)  # a bad data file fails here, before any store
     _check_job_paths(spec)
     if os.environ.get(JOB_ENV):
@@ -458,6 +449,7 @@ def _prepare_stores_and_ray(spec: StudySpec) -> tuple[Any, dict[str, float]]:
     ray_adapter.plain_worker_actors()
     cluster = _check_cluster(spec)
     _check_shared_results(spec)
+    ray_adapter.credentials_out_of_runtime_env()
     return storage, cluster
 
 
