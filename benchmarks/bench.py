@@ -106,7 +106,7 @@ def run_study_ray_up(slots: int, cwd: Path) -> tuple[float, float, list[float]]:
     import signal
     import socket
 
-    from study.ray_adapter import WORKER_PRELOAD
+    from study.tune.ray_adapter import WORKER_PRELOAD
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

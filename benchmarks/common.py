@@ -9,7 +9,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from study.space import define_by_run, expand_runs, make_sampler  # noqa: E402
+from study.search.space import define_by_run, expand_runs, make_sampler  # noqa: E402
 from study.spec import StudySpec, load_spec  # noqa: E402
 
 SPEC = Path(__file__).resolve().parent / "bench_spec.yaml"

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> None:
     import torch
 
-    from study.data import load_tensors
-    from study.fused import FusedTrainer
+    from study.data.load import load_tensors
     from study.spec import KNOBS, DatasetSpec
-    from study.train import Trainer
+    from study.train.fused import FusedTrainer
+    from study.train.trainer import Trainer
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")

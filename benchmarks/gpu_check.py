@@ -37,9 +37,9 @@ def worker(args):
     import torch
 
     torch.set_num_threads(1)
-    from study.data import load_tensors
+    from study.data.load import load_tensors
     from study.spec import DatasetSpec
-    from study.train import train_run
+    from study.train.trainer import train_run
 
     data = load_tensors(DatasetSpec("digits"), device)
     secs = []
@@ -90,10 +90,10 @@ def main():
     a = ap.parse_args()
     import torch
 
-    from study.data import load_tensors
-    from study.models import build_model
+    from study.data.load import load_tensors
     from study.spec import DatasetSpec
-    from study.train import train_run
+    from study.train.models import build_model
+    from study.train.trainer import train_run
 
     assert torch.cuda.is_available(), "no CUDA device"
     report = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0)}

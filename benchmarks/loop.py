@@ -9,9 +9,9 @@ import time
 import torch
 from common import bench_runs  # noqa: I001 - sets sys.path for study
 
-from study.data import load_tensors
+from study.data.load import load_tensors
 from study.spec import DatasetSpec
-from study.train import train_run
+from study.train.trainer import train_run
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ RUNS = bench_runs()
 
 
 def train_fn(config):
-    from study.data import load_tensors
+    from study.data.load import load_tensors
     from study.spec import DatasetSpec
-    from study.train import train_run
+    from study.train.trainer import train_run
 
     run = RUNS[config["run_index"]]
     data = load_tensors(DatasetSpec("digits"))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from study.spec import SpecError, StudySpec, load_spec
 
 if TYPE_CHECKING:
-    from study.results import ConfigRecord, ReportError, RunRecord, StudyResult
+    from study.records import ConfigRecord, ReportError, RunRecord, StudyResult
 
 __all__ = ["ConfigRecord", "ReportError", "RunRecord", "SpecError", "StudyResult",
            "StudySpec", "load_spec", "resume", "run"]
@@ -27,22 +27,22 @@ __version__ = "0.1.0"
 
 
 def run(spec: Any, *, overrides: dict[str, Any] | None = None, **kwargs: Any) -> StudyResult:
-    """Run a study (a spec path or a :class:`StudySpec`); see :func:`study.runner.run`."""
-    from study.runner import run as _run
+    """Run a study (a spec path or a :class:`StudySpec`); see :func:`study.tune.runner.run`."""
+    from study.tune.runner import run as _run
 
     return _run(spec, overrides=overrides, **kwargs)
 
 
 def resume(target: Any, **kwargs: Any) -> StudyResult:
-    """Continue an interrupted execution; see :func:`study.runner.resume`."""
-    from study.runner import resume as _resume
+    """Continue an interrupted execution; see :func:`study.tune.runner.resume`."""
+    from study.tune.runner import resume as _resume
 
     return _resume(target, **kwargs)
 
 
 def __getattr__(name: str) -> Any:
     if name in ("ConfigRecord", "ReportError", "RunRecord", "StudyResult"):
-        from study import results
+        from study import records as results
 
         return getattr(results, name)
     raise AttributeError(f"module 'study' has no attribute {name!r}")

@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from study import interrupts
+    from study.tune import interrupts
 
     interrupts.stop_now()  # SIGTERM, like Ctrl-C, interrupts from the start (exit 130)
     args = _parser().parse_args(argv)
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             for path in args.spec:
                 spec = load_spec(path, overrides=_overrides(args.overrides))
-                from study.data import check_dataset
+                from study.data.load import check_dataset
 
                 check_dataset(spec.dataset, spec.source)
                 _out(spec.summary())
@@ -110,10 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     """`study run` and `study resume`: the summary on stdout, the outcome in the exit code
     and, when it is not a clean finish, one line on stderr per problem saying what to do."""
-    from study.ray_adapter import RayChanged
-    from study.results import ReportError
-    from study.runner import resume, run
-    from study.tracking import TrackingError
+    from study.records import ReportError
+    from study.tracking.writer import TrackingError
+    from study.tune.ray_adapter import RayChanged
+    from study.tune.runner import resume, run
 
     echo = None if args.quiet else _err
     report_failed = ""
@@ -146,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _outcome(result: Any, report_failed: str) -> int:
     """Print what went wrong, one line each; the exit code of the worst."""
-    from study.results import ENDED, RunStatus, StudyStatus
+    from study.records import ENDED, RunStatus, StudyStatus
 
     lines, code = [], EXIT_OK
     if result.status == StudyStatus.INTERRUPTED:
@@ -175,7 +175,7 @@ def _outcome(result: Any, report_failed: str) -> int:
 
 
 def _first_error(failed: Sequence[Any]) -> str:
-    from study.results import last_line
+    from study.records import last_line
 
     return next((last_line(r.error)[:300] for r in failed if r.error), "")
 
@@ -189,8 +189,8 @@ def _interrupted_early(args: argparse.Namespace) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from study.report import rebuild, verdict_table
-    from study.tracking import TrackingError
+    from study.report.build import rebuild, verdict_table
+    from study.tracking.writer import TrackingError
 
     try:
         report, spec, folder = rebuild(args.name, tracking_uri=args.tracking_uri,
@@ -253,7 +253,7 @@ def entry() -> NoReturn:
     Python's interpreter teardown: with torch, Ray, MLflow and SQLAlchemy loaded, that
     teardown is slow and does nothing anyone sees."""
     code = main()
-    from study import interrupts
+    from study.tune import interrupts
 
     # The outcome is settled: a signal while Ray stops (under a second) changes nothing.
     interrupts.hold()

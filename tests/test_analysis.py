@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from study.analysis import curves, paired_effects
+from study.report.stats import curves, paired_effects
 
 LEVELS = [True, False]
 

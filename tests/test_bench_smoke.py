@@ -9,7 +9,7 @@ import sys
 import optuna
 import pytest
 
-from study.searcher import BlockSearcher
+from study.search.searcher import BlockSearcher
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

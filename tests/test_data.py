@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from study.data import load_splits, load_tensors
-from study.data_formats import check_path, read_idx, write_idx
+from study.data.formats import check_path, read_idx, write_idx
+from study.data.load import load_splits, load_tensors
 from study.spec import DatasetSpec, SpecError, parse_spec
 from tests.conftest import tiny_spec
 
@@ -94,7 +94,7 @@ def test_digits_and_fixed_split():
 def test_digits_read_directly_equal_scikit_learns_loader():
     from sklearn.datasets import load_digits
 
-    from study.data import _digits
+    from study.data.load import _digits
 
     x, y = _digits()
     ref = load_digits()

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import yaml
 
-from study import data_formats
-from study.data import check_dataset, load_splits
-from study.data_formats import write_idx
+from study.data import formats as data_formats
+from study.data.formats import write_idx
+from study.data.load import check_dataset, load_splits
 from study.spec import DatasetSpec, SpecError
 from tests.conftest import ROOT, tiny_spec
 from tests.test_data import make_cifar, make_idx

@@ -15,7 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import study
-from study.runner import METRIC_KEYS
+from study.tune.runner import METRIC_KEYS
 from tests.conftest import SPECS, session_processes, tiny_spec
 
 
@@ -338,7 +338,7 @@ def test_file_dataset_reaches_workers_through_the_object_store(ray_local, workdi
                                                                monkeypatch):
     import numpy as np
 
-    import study.data
+    import study.data.load
 
     rng = np.random.default_rng(0)
     np.savez(workdir / "d.npz", x_train=rng.integers(0, 255, (120, 6, 6), dtype=np.uint8),
@@ -347,14 +347,14 @@ def test_file_dataset_reaches_workers_through_the_object_store(ray_local, workdi
              y_test=rng.integers(0, 3, 30))
     raw = tiny_spec(name="npzstudy", dataset=f"npz:{workdir / 'd.npz'}",
                     search={"sampler": "random", "trials": 1, "seed": 0})
-    real = study.data.load_splits
+    real = study.data.load.load_splits
 
     def read_then_delete(ds):  # the driver reads the file once; then it is gone
         splits = real(ds)
         Path(ds.path).unlink()
         return splits
 
-    monkeypatch.setattr(study.data, "load_splits", read_then_delete)
+    monkeypatch.setattr(study.data.load, "load_splits", read_then_delete)
     res = study.run(write_spec(workdir / "n.yaml", raw), echo=None)
     assert not (workdir / "d.npz").exists()
     assert res.status == "finished" and res.counts()["completed"] == 2

@@ -1,12 +1,12 @@
-"""study.footprint's formulas (no torch) against the real model (torch)."""
+"""study.spec.footprint's formulas (no torch) against the real model (torch)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from study import footprint
-from study.models import CNN
+from study.spec import footprint
+from study.train.models import CNN
 
 SHAPES = [
     # depth, width, norm, residual, branch_init, image size, fc_layers

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from study import block
-from study.block import train_block
-from study.checkpoints import CheckpointStore
-from study.data import load_tensors
-from study.fused import FusedTrainer, fuse_groups
+from study.data.load import load_tensors
 from study.spec import KNOBS, DatasetSpec
-from study.train import train_run
+from study.train import block
+from study.train.block import train_block
+from study.train.checkpoints import CheckpointStore
+from study.train.fused import FusedTrainer, fuse_groups
+from study.train.trainer import train_run
 
 BASE = {k.name: k.default for k in KNOBS.values()} | {"depth": 3, "width": 8, "epochs": 3,
                                                        "bias_init": 0.1}

@@ -15,9 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from study import runner, warmup
 from study.spec import parse_spec
-from study.warmup import ReportWarmup
+from study.tune import runner, warmup
+from study.tune.warmup import ReportWarmup
 from tests.conftest import tiny_spec
 
 
@@ -63,7 +63,7 @@ def _ray_workers(pid: int) -> list[str]:
 _START = textwrap.dedent("""
     import os
     import time
-    from study import ray_adapter
+    from study.tune import ray_adapter
     ray_adapter.init_ray(prestart={prestart}, spare_cpu={spare})
     import ray, psutil
     from tests.test_lifecycle import _ray_workers

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study.data import load_tensors
-from study.models import build_model, model_stats, pool_positions
+from study.data.load import load_tensors
 from study.spec import KNOBS, DatasetSpec
-from study.train import train_run
+from study.train.models import build_model, model_stats, pool_positions
+from study.train.trainer import train_run
 
 BASE = {k.name: k.default for k in KNOBS.values()} | {"seed": 0}
 

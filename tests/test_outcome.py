@@ -20,8 +20,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from study.analysis import ci_label, paired_effects
-from study.report import ReportInput, build_report, verdict_table
+from study.report.build import ReportInput, build_report, verdict_table
+from study.report.stats import ci_label, paired_effects
 from study.spec import parse_spec
 from tests.conftest import tiny_spec
 from tests.test_analysis import table
@@ -64,13 +64,13 @@ def test_interval_labels_follow_alpha(alpha, label):
 
 
 def _op(kind: str, key: str, **payload):
-    from study.tracking import _Op
+    from study.tracking.writer import _Op
 
     return _Op(kind, key, payload)
 
 
 def test_writer_drops_a_refused_run_counts_it_and_sends_the_others(tmp_path: Path):
-    from study.tracking import MlflowWriter
+    from study.tracking.writer import MlflowWriter
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     writer = MlflowWriter(uri, "exp", parent_name="parent", parent_tags={},

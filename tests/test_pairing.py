@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-import study.train as train_mod
-from study.data import load_tensors
-from study.models import build_model
-from study.space import expand_runs
+import study.train.trainer as train_mod
+from study.data.load import load_tensors
+from study.search.space import expand_runs
 from study.spec import parse_spec
+from study.train.models import build_model
 from tests.conftest import tiny_spec
 
 

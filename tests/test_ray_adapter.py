@@ -1,4 +1,4 @@
-"""What study.ray_adapter changes in Ray and Tune is still there, with the shape it uses, in
+"""What study.tune.ray_adapter changes in Ray and Tune is still there, with the shape it uses, in
 the installed Ray; and a change that can no longer apply says so (an error where the study's
 correctness or secrets depend on it, a WARNING where only speed does).
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from study import ray_adapter
-from study.ray_adapter import RayChanged
+from study.tune import ray_adapter
+from study.tune.ray_adapter import RayChanged
 
 RAY_DIR = Path(ray.__file__).parent
 
@@ -183,7 +183,7 @@ def test_tune_actor_env_is_what_study_changes(fresh_tune):
 
 def test_tune_still_copies_credentials_where_the_runner_takes_them_out(fresh_tune):
     """The runner holds credential variables back from Tune's list of variables it copies
-    into every trial's runtime env (study.ray_adapter.credentials_out_of_runtime_env). If
+    into every trial's runtime env (study.tune.ray_adapter.credentials_out_of_runtime_env). If
     Tune moves or renames that list, this fails: the hold-back would then do nothing."""
     assert fresh_tune["propagate_type"] == "set"
     assert "AWS_SECRET_ACCESS_KEY" in fresh_tune["propagate"], fresh_tune

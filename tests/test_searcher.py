@@ -13,8 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study.searcher import BlockSearcher, reattach_trial
-from study.space import define_by_run, expand_runs, make_sampler
+from study.search.searcher import BlockSearcher, reattach_trial
+from study.search.space import define_by_run, expand_runs, make_sampler
 from study.spec import load_spec, parse_spec
 from tests.conftest import SPECS, tiny_spec
 
@@ -336,7 +336,7 @@ def test_reattach_trial_continues_the_same_trial(tmp_path):
 
 def test_the_searcher_uses_no_private_name_of_another_object():
     """Only its own `self._x`: Optuna's and Ray's private attributes move between releases."""
-    source = Path(__file__).resolve().parent.parent / "study" / "searcher.py"
+    source = Path(__file__).resolve().parent.parent / "study" / "search" / "searcher.py"
     private = [f"line {n.lineno}: .{n.attr}" for n in ast.walk(ast.parse(source.read_text()))
                if isinstance(n, ast.Attribute) and n.attr.startswith("_")
                and not n.attr.startswith("__")

@@ -237,7 +237,7 @@ def test_storage_precedence_spec_then_given_environment_then_default(monkeypatch
 def test_unreachable_tracking_server_is_a_clear_error():
     import socket
 
-    from study.tracking import TrackingError, check_tracking_uri
+    from study.tracking.writer import TrackingError, check_tracking_uri
 
     with socket.socket() as s:  # a free port: nothing listens there
         s.bind(("127.0.0.1", 0))
@@ -283,7 +283,7 @@ def test_package_docstring_example_runs(monkeypatch):
 
 
 def test_fuse_and_runs_per_trial(tmp_path):
-    from study.runner import block_plan
+    from study.tune.runner import block_plan
 
     s = parse_spec(tiny_spec(repeats=4, train={"epochs": 2, "fuse": True}))  # YAML's `on`
     assert s.fuse == "on" and s.runs_per_trial is None

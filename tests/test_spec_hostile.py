@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
-from study import spec_yaml
 from study.spec import SpecError, load_spec, parse_spec
+from study.spec import yaml_reader as spec_yaml
 from study.terminal import printable
 from tests.conftest import ROOT, SPECS, tiny_spec
 
@@ -191,7 +191,7 @@ def test_activations_too_large_refused(over, where):
 
 @pytest.mark.parametrize("kind", ["npz", "idx"])
 def test_file_dataset_input_size_read_from_header(tmp_path, kind):
-    from study.data_formats import write_idx
+    from study.data.formats import write_idx
 
     x = np.zeros((4, 512, 512), np.uint8)
     y = np.zeros(4, np.int64)

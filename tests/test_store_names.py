@@ -15,7 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from study import cli
-from study.stores import seed_mlflow_store
+from study.tracking.stores import seed_mlflow_store
 from tests.conftest import ROOT, tiny_spec
 from tests.test_cluster import free_port
 

@@ -53,7 +53,7 @@ def test_server_down_mid_study_loses_nothing(ray_local, workdir, caplog):
     t = threading.Thread(target=outage, daemon=True)
     t.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="study.tracking"):
+        with caplog.at_level(logging.WARNING, logger="study.tracking.writer"):
             res = study.run(path, echo=events.append)
     finally:
         t.join(timeout=120)
@@ -90,7 +90,7 @@ def test_basic_auth_credentials_from_the_standard_environment(ray_local, workdir
         path.write_text(yaml.safe_dump(raw))
         monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
         monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
-        from study.tracking import TrackingError
+        from study.tracking.writer import TrackingError
 
         with pytest.raises(TrackingError) as ei:  # before any run
             study.run(path, echo=None)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.stores import seed_mlflow_store, seed_optuna_storage
-from study.tracking import check_tracking_uri
+from study.tracking.stores import seed_mlflow_store, seed_optuna_storage
+from study.tracking.writer import check_tracking_uri
 
 
 def _schema(c: sqlite3.Connection) -> list:
@@ -84,9 +84,9 @@ def test_seeding_leaves_other_stores_to_mlflow(tmp_path: Path,
     # A cache that cannot be written: MLflow makes the store the usual way.
     (tmp_path / "blocked").write_text("a file, not a folder")
     monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "blocked"))
-    with caplog.at_level(logging.WARNING, logger="study.stores"):
+    with caplog.at_level(logging.WARNING, logger="study.tracking.stores"):
         assert not seed_mlflow_store(f"sqlite:///{tmp_path}/a.db")
-    (said,) = [r.getMessage() for r in caplog.records if r.name == "study.stores"]
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "study.tracking.stores"]
     assert "not copied from the cached empty one" in said and "a.db" in said  # reported
     assert not (tmp_path / "a.db").exists()
     check_tracking_uri(f"sqlite:///{tmp_path}/a.db")
@@ -94,7 +94,7 @@ def test_seeding_leaves_other_stores_to_mlflow(tmp_path: Path,
 
 
 def test_writer_sends_each_run_in_one_batch(tmp_path: Path) -> None:
-    from study.tracking import MlflowWriter
+    from study.tracking.writer import MlflowWriter
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     writer = MlflowWriter(uri, "exp", parent_name="parent", parent_tags={"a": 1},
@@ -140,7 +140,7 @@ def test_writer_sends_each_run_in_one_batch(tmp_path: Path) -> None:
 
 
 def _op(kind: str, key: str, **payload):
-    from study.tracking import _Op
+    from study.tracking.writer import _Op
 
     return _Op(kind, key, payload)
 

@@ -6,9 +6,9 @@ import contextlib
 
 import torch
 
-from study.data import load_tensors
+from study.data.load import load_tensors
 from study.spec import KNOBS, DatasetSpec
-from study.train import train_run
+from study.train.trainer import train_run
 
 BASE = {k.name: k.default for k in KNOBS.values()} | {"seed": 0, "depth": 3, "width": 8,
                                                        "epochs": 3}

@@ -14,7 +14,7 @@ pre-started workers compete with the driver's own start for the CPU.
 import ray.tune  # noqa: F401
 import torch  # noqa: F401
 
-import study.block  # noqa: F401
-import study.data  # noqa: F401
-import study.fused  # noqa: F401
-import study.train  # noqa: F401
+import study.data.load  # noqa: F401
+import study.train.block  # noqa: F401
+import study.train.fused  # noqa: F401
+import study.train.trainer  # noqa: F401

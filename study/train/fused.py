@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.data import TensorData
-from study.models import build_model, model_stats
-from study.train import (
+from study.data.load import TensorData
+from study.train.models import build_model, model_stats
+from study.train.trainer import (
     BATCH_ORDER_SEED_OFFSET,
     EVAL_BATCH,
     RunOutcome,
@@ -81,7 +81,7 @@ def fuse_groups(runs: Sequence[Mapping[str, Any]], fuse: bool,
 class FusedTrainer:
     """Several runs of one architecture, trained one epoch at a time as one model.
 
-    Same interface as :class:`study.train.Trainer`: `runs`, `outcomes`, `done`, `epochs`,
+    Same interface as :class:`study.train.trainer.Trainer`: `runs`, `outcomes`, `done`, `epochs`,
     `epoch()` (returns each run's metrics, None for a run that has ended), `state()`.
     """
 
@@ -103,7 +103,7 @@ class FusedTrainer:
         first = self.runs[0]
         self.precision = first.get("precision", "fp32")
         # Every model is built with biases (the superset structure) and initialised by its
-        # own run; weights are drawn identically with or without biases (study.models).
+        # own run; weights are drawn identically with or without biases (study.train.models).
         models, outcomes = [], []
         for r in self.runs:
             own = build_model(r, data.input_shape, data.num_classes)

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.data import TensorData
-from study.models import build_model, model_stats
+from study.data.load import TensorData
+from study.train.models import build_model, model_stats
 
 __all__ = ["RunOutcome", "Trainer", "evaluate", "train_run"]
 
@@ -117,8 +117,8 @@ def is_diverged(train_loss: float, num_classes: int) -> bool:
 class Trainer:
     """One run, trained one epoch at a time (see :func:`train_run`).
 
-    The block executor (``study.block``) steps several trainers in lockstep; the fused
-    trainer (``study.fused.FusedTrainer``) has the same interface for many runs at once:
+    The block executor (``study.train.block``) steps several trainers in lockstep; the fused
+    trainer (``study.train.fused.FusedTrainer``) has the same interface for many runs at once:
     `runs`, `outcomes`, `done`, `epochs`, `epoch()`, `state()`.
     """
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from study import data_formats
+from study.data import formats as data_formats
 from study.spec import DatasetSpec, SpecError
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def load_splits(ds: DatasetSpec) -> Splits:
 
 
 def check_dataset(ds: DatasetSpec, source: str = "<dict>") -> None:
-    """Check a dataset before any run: a file's content (see :mod:`study.data_formats` for
+    """Check a dataset before any run: a file's content (see :mod:`study.data.formats` for
     what is checked and the bounds), and that the splits the spec asks for are non-empty.
 
     What a file held is kept for the next :func:`load_splits` of the same, unchanged files

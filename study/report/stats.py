@@ -1,7 +1,7 @@
 """Paired effects, confidence intervals, equivalence tests and verdicts.
 
 Pure functions of a table of runs (one dict per training run, as
-:meth:`study.results.StudyResult.table` or :func:`study.report.runs_from_mlflow` give):
+:meth:`study.records.StudyResult.table` or :func:`study.report.build.runs_from_mlflow` give):
 no Ray, no stores. numpy and scipy only.
 
 Method (stated in every report):
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from study.results import USABLE, RunStatus
+from study.records import USABLE, RunStatus
 
 __all__ = ["USABLE", "Effect", "ci_label", "curves", "finite_mean", "finite_values",
            "paired_effects", "rows_by_pair", "scale", "show_value", "status_counts",

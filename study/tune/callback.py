@@ -1,10 +1,10 @@
 """The driver's view of a running study: a Tune callback and the ASHA scheduler it uses.
 
-One Tune trial trains a block of runs (``study.block``) and reports every run's latest
+One Tune trial trains a block of runs (``study.train.block``) and reports every run's latest
 record each epoch. :class:`StudyCallback` wires Tune's events to four single-purpose parts:
-the run ledger (``study.ledger``), one MLflow child run per training run, each epoch logged
-exactly once, also across retries (``study.child_runs``), the live progress line
-(``study.progress``) and the report's imports (``study.warmup``). Imported by the runner
+the run ledger (``study.tune.ledger``), one MLflow child run per training run, each epoch logged
+exactly once, also across retries (``study.tracking.child_runs``), the live progress line
+(``study.tune.progress``) and the report's imports (``study.tune.warmup``). Imported by the runner
 only when a study runs (it imports Ray Tune).
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 
 from ray import tune
 
-from study.child_runs import ChildRuns
-from study.ledger import RunLedger
-from study.progress import Echo, ProgressPrinter
-from study.results import ENDED, USABLE, RunRecord, RunStatus
+from study.records import ENDED, USABLE, RunRecord, RunStatus
 from study.spec import StudySpec
-from study.warmup import ReportWarmup
+from study.tracking.child_runs import ChildRuns
+from study.tune.ledger import RunLedger
+from study.tune.progress import Echo, ProgressPrinter
+from study.tune.warmup import ReportWarmup
 
 __all__ = ["PruningASHA", "StudyCallback"]
 

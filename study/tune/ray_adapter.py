@@ -58,12 +58,12 @@ def _changed(what: str, needed_for: str) -> RayChanged:
     return RayChanged(
         f"Ray {ray_version()} has no {what}, which study changes {needed_for}. study cannot "
         "run safely with this Ray: install the Ray it was tested with, or update "
-        "study/ray_adapter.py (tests/test_ray_adapter.py shows what moved).")
+        "study/tune/ray_adapter.py (tests/test_ray_adapter.py shows what moved).")
 
 
 def _moved(what: str, effect: str) -> None:
     """One WARNING line for a speed change that no longer applies."""
-    logger.warning("study: Ray %s has no %s; %s (study/ray_adapter.py, "
+    logger.warning("study: Ray %s has no %s; %s (study/tune/ray_adapter.py, "
                    "tests/test_ray_adapter.py)", ray_version(), what, effect)
 
 
@@ -154,11 +154,11 @@ def import_init_modules() -> None:
 # test_prestart_option_is_lowered_never_raised, test_lean_instance_patches_exist)
 # --------------------------------------------------------------------------------------
 
-# What each worker of a local Ray instance imports as it starts (study.preload), through
+# What each worker of a local Ray instance imports as it starts (study.tune.preload), through
 # the system config key preload_python_modules: the first trials then find torch, Tune and
 # the training code loaded. An unknown key stops Ray's GCS, so Ray itself is loud here.
 # Measured: benchmarks/README.md.
-WORKER_PRELOAD = ["study.preload"]
+WORKER_PRELOAD = ["study.tune.preload"]
 
 # Set while the local instance starts (a setting of the user's wins): no task events, which
 # feed only the dashboard and the State API, and make the driver wait for their last flush
@@ -254,7 +254,7 @@ def lean_local_instance(prestart: int | None = None) -> Iterator[None]:
 def ray_keeps_our_signals() -> Iterator[None]:
     """While ray.init runs, keep Ray's SIGTERM handler (exit code 15) and its core worker's
     native failure handler out of this process, so that Ctrl-C and SIGTERM stay with
-    study.interrupts (a resumable study, exit 130); Ray's own processes keep theirs.
+    study.tune.interrupts (a resumable study, exit 130); Ray's own processes keep theirs.
     Correctness: raises RayChanged if Ray moved either."""
     try:
         from ray._private import ray_constants

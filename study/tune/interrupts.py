@@ -4,7 +4,7 @@ Both mean "stop the study, keep what is done, let it be resumed". What that take
 on what the driver is doing, so the handling moves through phases:
 
 - starting (``stop_now``): SIGTERM interrupts at once, like Ctrl-C (KeyboardInterrupt);
-  installed before Ray starts, and Ray's own handlers are kept out (study.runner).
+  installed before Ray starts, and Ray's own handlers are kept out (study.tune.runner).
 - writing the stores (``hold``): a signal is remembered and acted on at the next safe
   point, so the MLflow parent run and Optuna's study are never left half-made; a second
   signal interrupts at once.

@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from study.analysis import (
+from study.records import (
+    EXECUTION_RE,
+    RunStatus,
+    StudyStatus,
+    check_execution_id,
+    check_run_id,
+    check_study_ref,
+)
+from study.redact import redact_text, redact_uri, usable_uri
+from study.report.stats import (
     USABLE,
     Effect,
     ci_label,
@@ -28,15 +37,6 @@ from study.analysis import (
     show_value,
     status_counts,
     usable_value,
-)
-from study.redact import redact_text, redact_uri, usable_uri
-from study.results import (
-    EXECUTION_RE,
-    RunStatus,
-    StudyStatus,
-    check_execution_id,
-    check_run_id,
-    check_study_ref,
 )
 from study.spec import KNOBS, StudySpec, load_yaml_text, parse_spec
 
@@ -577,7 +577,7 @@ def rebuild(name: str, *, tracking_uri: str | None = None, optuna_storage: str |
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from study.tracking import reachable_tracking_uri
+    from study.tracking.writer import reachable_tracking_uri
 
     check_study_ref(name, "study report: NAME")
     uri = reachable_tracking_uri(tracking_uri)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from study.analysis import finite_mean, finite_values
+from study.records import ENDED, USABLE, RunRecord, RunStatus, count_statuses, last_line
 from study.redact import redact_spec
-from study.results import ENDED, USABLE, RunRecord, RunStatus, count_statuses, last_line
+from study.report.stats import finite_mean, finite_values
 from study.spec import StudySpec
 
 __all__ = ["Echo", "ProgressPrinter", "best_so_far"]

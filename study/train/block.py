@@ -1,6 +1,6 @@
 """A block: several runs of one configuration trained in one Ray Tune trial, in lockstep.
 
-Every epoch, each unfinished run (or fused group of runs, see ``study.fused``) trains one
+Every epoch, each unfinished run (or fused group of runs, see ``study.train.fused``) trains one
 epoch; then the block reports every run's latest metrics at once. So the runs of a pair stay
 together (same node, stopped together by ASHA on the block's mean), Tune's per-trial cost
 is paid once per block, and fused groups are possible.
@@ -26,9 +26,9 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from study.analysis import finite_mean
-from study.data import TensorData
-from study.results import USABLE, RunStatus, last_line
+from study.data.load import TensorData
+from study.records import USABLE, RunStatus, last_line
+from study.report.stats import finite_mean
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class BlockRun:
 
 
 Report = Callable[[int, dict[str, dict[str, Any]]], None]
-Store = Any  # study.checkpoints.CheckpointStore or None
+Store = Any  # study.train.checkpoints.CheckpointStore or None
 
 
 class _Unit:
@@ -128,7 +128,7 @@ class _Block:
     def __init__(self, runs: Sequence[Mapping[str, Any]], data: TensorData, *, device: Any,
                  fuse: bool, store: Store, retries: int,
                  before_epoch: Callable[[Sequence[str], int, bool], None] | None) -> None:
-        from study.fused import fuse_groups
+        from study.train.fused import fuse_groups
 
         self.data, self.device, self.store, self.retries = data, device, store, retries
         self.before_epoch = before_epoch
@@ -178,8 +178,8 @@ class _Block:
         return True
 
     def _start(self, u: _Unit) -> None:
-        from study.fused import FusedTrainer
-        from study.train import Trainer
+        from study.train.fused import FusedTrainer
+        from study.train.trainer import Trainer
 
         saved = self.store.load(u.key, map_location=self.device) if self.store else None
         u.restored = saved is not None

@@ -18,17 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from study import interrupts, ray_adapter
-from study.analysis import finite_values, usable_value
-from study.checkpoints import CheckpointStore
-from study.redact import (
-    redact_text,
-    redact_tree,
-    redact_uri,
-    usable_uri,
-    use_http_credentials,
-)
-from study.results import (
+from study.records import (
     ENDED,
     METRIC_KEYS,
     ConfigRecord,
@@ -43,12 +33,22 @@ from study.results import (
     error_summary,
     new_execution_id,
 )
-from study.results import last_line as _last_line
+from study.records import last_line as _last_line
+from study.redact import (
+    redact_text,
+    redact_tree,
+    redact_uri,
+    usable_uri,
+    use_http_credentials,
+)
+from study.report.stats import finite_values, usable_value
 from study.spec import SpecError, StudySpec, load_spec
 from study.terminal import say
+from study.train.checkpoints import CheckpointStore
+from study.tune import interrupts, ray_adapter
 
 if TYPE_CHECKING:  # imports Ray Tune: at run time only inside run()/resume()
-    from study.callback import StudyCallback
+    from study.tune.callback import StudyCallback
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ Echo = Callable[[str], None]
 
 
 def trainable(config: dict[str, Any], splits: Any = None) -> None:
-    """The Ray Tune function trainable: one block of runs (``study.block``), reported once
+    """The Ray Tune function trainable: one block of runs (``study.train.block``), reported once
     per epoch with every run's latest record.
 
     `splits`: the dataset, read once by the driver and shared through Ray's object store
@@ -72,9 +72,9 @@ def trainable(config: dict[str, Any], splits: Any = None) -> None:
     import torch
     from ray import tune
 
-    from study.block import block_value, train_block
-    from study.data import load_tensors
+    from study.data.load import load_tensors
     from study.spec import DatasetSpec
+    from study.train.block import block_value, train_block
 
     torch.set_num_threads(int(config["threads"]))
     device = _device(bool(config["gpu"]))
@@ -82,7 +82,7 @@ def trainable(config: dict[str, Any], splits: Any = None) -> None:
     ctx = ray.get_runtime_context()
     where = {"node_id": ctx.get_node_id(), "host": socket.gethostname(),
              "device": str(device)}
-    every = config.get("checkpoint_every")  # None: by time (study.block)
+    every = config.get("checkpoint_every")  # None: by time (study.train.block)
     # a retried block continues each run after its last checkpointed epoch
     store = CheckpointStore(config["checkpoint_dir"]) if every != 0 else None
     metric = config["metric"]
@@ -164,7 +164,7 @@ class _Background:
 def _open_stores(spec: StudySpec, check_tracking: bool) -> Any:
     """Check the tracking store unless done already (a new SQLite store runs seconds of
     schema migrations) and open Optuna's storage."""
-    from study.tracking import check_tracking_uri
+    from study.tracking.writer import check_tracking_uri
 
     if check_tracking:
         check_tracking_uri(spec.tracking_uri)
@@ -209,7 +209,7 @@ def _check_cluster(spec: StudySpec) -> dict[str, float]:
 def _open_optuna_storage(spec: StudySpec) -> Any:
     import optuna
 
-    from study.stores import seed_optuna_storage
+    from study.tracking.stores import seed_optuna_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seed_optuna_storage(spec.optuna_storage)
@@ -252,9 +252,9 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
 def _run(spec: StudySpec, echo: Echo | None) -> StudyResult:
     t0 = time.monotonic()
     storage, cluster = _prepare(spec)
-    from study.callback import StudyCallback
-    from study.searcher import BlockSearcher
-    from study.tracking import MlflowWriter
+    from study.search.searcher import BlockSearcher
+    from study.tracking.writer import MlflowWriter
+    from study.tune.callback import StudyCallback
 
     execution = new_execution_id(spec.name)
     fuse, seeds_per_block = block_plan(spec, cluster)
@@ -309,10 +309,10 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
 
 def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
             optuna_storage: str | None, echo: Echo | None) -> StudyResult:
-    from study.callback import StudyCallback
-    from study.report import runs_from_mlflow
-    from study.searcher import BlockSearcher
-    from study.tracking import MlflowWriter, reachable_tracking_uri
+    from study.report.build import runs_from_mlflow
+    from study.search.searcher import BlockSearcher
+    from study.tracking.writer import MlflowWriter, reachable_tracking_uri
+    from study.tune.callback import StudyCallback
 
     t0 = time.monotonic()
     given = load_spec(target) if _is_file(target) else None
@@ -417,11 +417,11 @@ def _record_from_row(r: Mapping[str, Any]) -> RunRecord:
 def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
     """Everything that must hold before any run starts: stores reachable, Ray up, the
     resources the spec asks for present. From here on SIGINT and SIGTERM interrupt the
-    study (study.interrupts): at once until Ray is up, then held while the stores are
+    study (study.tune.interrupts): at once until Ray is up, then held while the stores are
     written, until the trials start (_execute). Its callers give the caller's handlers
     back if it raises (interrupts.restored_on_error)."""
-    from study.data import check_dataset
-    from study.tracking import check_tracking_uri
+    from study.data.load import check_dataset
+    from study.tracking.writer import check_tracking_uri
 
     interrupts.stop_now()  # before Ray starts, so that Ray's own handling never applies
     check_dataset(spec.dataset, spec.source)  # a bad data file fails here, before any store
@@ -510,13 +510,13 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
              t0: float, fuse: bool) -> StudyResult:
     from ray import tune
 
-    from study.callback import PruningASHA
+    from study.tune.callback import PruningASHA
 
     results_dir = _results_dir(spec)
     dataset = spec.dataset.as_dict()
     splits = None
     if dataset.get("path"):  # read once here; workers get it from the object store
-        from study.data import load_splits
+        from study.data.load import load_splits
 
         dataset["path"] = str(Path(dataset["path"]).resolve())
         splits = load_splits(spec.dataset)
@@ -617,7 +617,7 @@ def _close(spec: StudySpec, result: StudyResult, callback: StudyCallback, writer
 def _report(spec: StudySpec, result: StudyResult, storage: Any, writer: Any,
             folder: Path) -> None:
     """Build the report, write it to `folder` and log it to the parent run."""
-    from study.report import ReportInput, build_report, importance, verdict_table
+    from study.report.build import ReportInput, build_report, importance, verdict_table
 
     imp, note = importance(storage, result.optuna_study)
     rep = build_report(ReportInput(

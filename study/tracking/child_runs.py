@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from study.records import RunRecord, RunStatus, last_line
 from study.redact import redact_spec
-from study.results import RunRecord, RunStatus, last_line
 from study.spec import StudySpec
 
 __all__ = ["ChildRuns"]

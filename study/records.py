@@ -174,7 +174,7 @@ class StudyResult:
     wall_seconds: float
     verdict: str = ""  # the terminal verdict table ("" when no report was built)
     report_dir: str | None = None  # report.md, report.html, PNGs
-    effects: list[Any] = field(default_factory=list)  # study.analysis.Effect
+    effects: list[Any] = field(default_factory=list)  # study.report.stats.Effect
     mlflow_dropped_writes: int = 0  # writes MLflow refused or never got (0: all stored)
     mlflow_dropped_runs: list[str] = field(default_factory=list)  # run keys they were for
 

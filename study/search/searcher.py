@@ -2,7 +2,7 @@
 
 `BlockSearcher` owns the execution's Optuna study and drives it through Optuna's public
 ask/tell API. For every configuration Optuna proposes it hands Tune one trial per block of
-runs (every level of `seeds_per_block` seeds, see ``study.block``); when all runs of a
+runs (every level of `seeds_per_block` seeds, see ``study.train.block``); when all runs of a
 configuration have ended it tells Optuna one value: the mean of the metric over the
 configuration's finished runs (diverged runs included with the value they reached; failed
 runs and non-finite values left out; a configuration with no usable run is told as FAIL,
@@ -26,10 +26,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 
-from study.analysis import USABLE, finite_mean, usable_value
+from study.records import RunStatus
 from study.redact import redact_spec
-from study.results import RunStatus
-from study.space import define_by_run, expand_runs, make_sampler
+from study.report.stats import USABLE, finite_mean, usable_value
+from study.search.space import define_by_run, expand_runs, make_sampler
 from study.spec import StudySpec
 
 __all__ = ["BlockSearcher", "ConfigState", "open_study", "reattach_trial"]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from study.footprint import pool_positions  # torch-free: the spec stage uses it too
+from study.spec.footprint import pool_positions  # torch-free: the spec stage uses it too
 
 __all__ = ["CNN", "ModelStats", "build_model", "init_parameters", "model_stats",
            "pool_positions"]

@@ -1,7 +1,7 @@
 """What one `cnn` run needs, computed from the knobs alone: parameters and activations.
 
 The spec stage uses this to refuse a model that cannot fit before any run starts, so it
-imports no torch; the formulas follow study/models.py (a test checks them against the real
+imports no torch; the formulas follow study/train/models.py (a test checks them against the real
 model). Input shapes of file datasets are read from the files' headers, not their data.
 """
 

@@ -1,7 +1,8 @@
 """The driver's run ledger: one RunRecord per training run, kept as Tune reports.
 
 The study's result, its outcome and the report are built from these records. Pure Python:
-no Ray, no MLflow (``study.callback`` feeds it, ``study.child_runs`` mirrors it to MLflow).
+no Ray, no MLflow (``study.tune.callback`` feeds it, ``study.tracking.child_runs``
+mirrors it to MLflow).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from study.results import ENDED, METRIC_KEYS, RunRecord, RunStatus, count_statuses
+from study.records import ENDED, METRIC_KEYS, RunRecord, RunStatus, count_statuses
 from study.spec import KNOBS
 
 __all__ = ["RunLedger"]

@@ -77,7 +77,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                 "sqlite:/// path.") from None
     from mlflow.tracking import MlflowClient
 
-    from study.stores import seed_mlflow_store
+    from study.tracking.stores import seed_mlflow_store
 
     seed_mlflow_store(uri)
     try:

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from study import plain_pickle
-from study.spec import SpecError
+from study.data import plain_pickle
+from study.errors import SpecError
 from study.terminal import short_repr, short_text
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -292,7 +292,7 @@ def _entry(batch: dict[Any, Any], key: str, where: str) -> Any:
 
 
 def _load_plain_pickle(path: Path) -> Any:
-    """A batch file's plain data (study.plain_pickle: no class, no callable, no code from the
+    """A batch file's plain data (study.data.plain_pickle: no class, no callable, no code from the
     file); arrays come back as :class:`plain_pickle.PickledArray` holders (`.array`)."""
     where = str(path)
     _need_file(path, CIFAR_ALLOWED)
