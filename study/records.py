@@ -6,6 +6,7 @@ import datetime as _dt
 import math
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -145,6 +146,18 @@ class RunRecord:
             **self.metrics, "model_params": self.model_params, "macs": self.macs,
             "node": self.node, "device": self.device, "mlflow_run_id": self.mlflow_run_id,
         }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> RunRecord:
+        """The record of a row as :meth:`as_row` writes it (or as read back from MLflow)."""
+        params = {k[len("param."):]: v for k, v in row.items() if k.startswith("param.")}
+        metrics = {k: float(row[k]) for k in METRIC_KEYS
+                   if isinstance(row.get(k), (int, float)) and not isinstance(row[k], bool)}
+        return cls(run_key=row["run_key"], config=row["config"],
+                   optuna_trial=row["optuna_trial"], level=row["level"], seed=row["seed"],
+                   pair=row["pair"], params=params, status=row["status"],
+                   epochs=int(row.get("epochs") or 0), metrics=metrics,
+                   mlflow_run_id=row["mlflow_run_id"])
 
 
 @dataclass

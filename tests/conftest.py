@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from study.testing import faults
+
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "search_spaces"
 
@@ -28,17 +30,26 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+# Runs of the session's Ray instance that fail on purpose: "study/run_key" fails at every
+# attempt, "@N" kills its worker after epoch N of the first attempt (test_e2e uses both).
+INJECTED_FAULTS = {"crash": "crashy/c000-bias_init=0.0-s0", "retry": "retry/c000-s0@2"}
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One real local Ray instance for the session's end-to-end tests (2 CPUs)."""
     import ray
 
     os.environ.pop("RAY_ADDRESS", None)
-    # Fault injection for the crash test is read by the workers from their environment.
-    os.environ["STUDY_INJECT_FAILURE"] = "crashy/c000-bias_init=0.0-s0,retry/c000-s0@2"
-    # "local": a new instance of its own, never the cluster `ray start` last made here
-    context = ray.init(address="local", num_cpus=2, include_dashboard=False,
-                       log_to_driver=False)
+    # The workers inherit the faults planned for test_e2e (study.testing.faults) from the
+    # environment Ray starts with; this process and its other children never see them.
+    os.environ[faults.ENV] = ",".join(INJECTED_FAULTS.values())
+    try:
+        # "local": a new instance of its own, never the cluster `ray start` last made here
+        context = ray.init(address="local", num_cpus=2, include_dashboard=False,
+                           log_to_driver=False)
+    finally:
+        del os.environ[faults.ENV]
     yield context  # context.address_info["session_dir"]: its logs, for the secret scans
     ray.shutdown()
 

@@ -94,9 +94,9 @@ def test_digits_and_fixed_split():
 def test_digits_read_directly_equal_scikit_learns_loader():
     from sklearn.datasets import load_digits
 
-    from study.data.load import _digits
+    from study.data.load import read_digits
 
-    x, y = _digits()
+    x, y = read_digits()
     ref = load_digits()
     assert np.array_equal(x.reshape(len(x), -1) * 16.0, ref.data.astype(np.float32))
     assert np.array_equal(y, ref.target)

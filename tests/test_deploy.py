@@ -392,6 +392,10 @@ def first_words(commands: list[str]) -> set[str]:
 
 
 def launcher_config() -> dict:
+    """The cluster launcher's config as `ray up` reads it: filled with Ray's AWS defaults and
+    checked against ray-schema.json by Ray's own functions. They are private in Ray 2.60
+    (there is no public validator short of `ray up` against AWS): if Ray moves them, this
+    import fails loudly and the test must follow."""
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     cfg = prepare_config(yaml.safe_load((CLUSTER / "ray-cluster-aws.yaml").read_text()))

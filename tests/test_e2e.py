@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -16,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 import study
 from study.tune.runner import METRIC_KEYS
-from tests.conftest import SPECS, session_processes, tiny_spec
+from tests.conftest import INJECTED_FAULTS, SPECS, session_processes, tiny_spec
 
 
 def write_spec(path, raw):
@@ -24,8 +25,8 @@ def write_spec(path, raw):
     return path
 
 
-def mlflow_runs(name):
-    client = MlflowClient(f"sqlite:///{os.getcwd()}/mlflow.db")
+def mlflow_runs(name, where=None):
+    client = MlflowClient(f"sqlite:///{where or os.getcwd()}/mlflow.db")
     exp = client.get_experiment_by_name(name)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -33,29 +34,50 @@ def mlflow_runs(name):
     return client, parents, children
 
 
-def test_study_end_to_end_and_reproducible(ray_local, workdir):
-    path = write_spec(workdir / "tiny.yaml", tiny_spec())
-    res = study.run(path, overrides={"repeats": 2}, echo=None)
+@pytest.fixture(scope="module")
+def tiny(ray_local, tmp_path_factory):
+    """One tiny study (2 configurations x 2 levels x 2 repeats) run twice in a folder of its
+    own; the tests below each check one part of what it left."""
+    where = tmp_path_factory.mktemp("tiny")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(where)
+        for var in ("MLFLOW_TRACKING_URI", "STUDY_OPTUNA_STORAGE", "STUDY_RESULTS_DIR",
+                    "RAY_ADDRESS"):
+            mp.delenv(var, raising=False)
+        path = write_spec(where / "tiny.yaml", tiny_spec())
+        res = study.run(path, overrides={"repeats": 2}, echo=None)
+        again = study.run(path, overrides={"repeats": 2}, echo=None)
+    client, parents, children = mlflow_runs("tiny", where)
+    first = [c for c in children if c.data.tags["mlflow.parentRunId"] == res.parent_run_id]
+    return SimpleNamespace(where=where, res=res, again=again, client=client,
+                           parents=parents, children=children, first=first,
+                           parent=next(p for p in parents
+                                       if p.info.run_id == res.parent_run_id))
 
+
+def test_the_study_finishes_with_every_run_completed(tiny):
+    res = tiny.res
     assert res.status == "finished"
     assert res.counts()["completed"] == 8 and len(res.runs) == 8
     assert len(res.configs) == 2 and res.best is not None
     assert res.best_config == res.best.params and set(res.best_config) == {"depth", "lr"}
 
-    client, parents, children = mlflow_runs("tiny")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    parent = parents[0]
-    assert parent.info.run_id == res.parent_run_id
+
+def test_the_parent_run_records_the_study(tiny):
+    parent = tiny.parent
+    assert parent.info.status == "FINISHED"
     assert parent.data.params["compare"] == "bias: [True, False]"
     assert parent.data.tags["study.status"] == "finished"
     assert parent.data.tags["study.runs_completed"] == "8"
-    assert len(children) == 8
-    by_key = {c.data.tags["study.run_key"]: c for c in children}
-    for rec in res.runs:
+    assert len(tiny.first) == 8
+
+
+def test_every_run_is_a_child_with_its_params_tags_and_metrics(tiny):
+    by_key = {c.data.tags["study.run_key"]: c for c in tiny.first}
+    for rec in tiny.res.runs:
         c = by_key[rec.run_key]
         assert c.info.run_id == rec.mlflow_run_id
         assert c.info.status == "FINISHED"
-        assert c.data.tags["mlflow.parentRunId"] == parent.info.run_id
         p, t = c.data.params, c.data.tags
         # every hyperparameter and derived figure as a param
         assert p["depth"] == str(rec.params["depth"]) and p["bias"] == str(rec.level)
@@ -68,11 +90,13 @@ def test_study_end_to_end_and_reproducible(ray_local, workdir):
         assert t["study.status"] == "completed"
         # per-epoch metrics with steps; nothing else logged as a metric
         assert set(c.data.metrics) == set(METRIC_KEYS)
-        hist = client.get_metric_history(c.info.run_id, "val_accuracy")
+        hist = tiny.client.get_metric_history(c.info.run_id, "val_accuracy")
         assert sorted(m.step for m in hist) == [1, 2]
         assert math.isclose(hist[-1].value, rec.metrics["val_accuracy"])
 
-    # Optuna: one trial per configuration, told the mean over its 4 runs
+
+def test_optuna_is_told_each_configurations_mean_over_its_runs(tiny):
+    res = tiny.res
     ost = optuna.load_study(study_name=res.optuna_study, storage=res.optuna_storage)
     trials = ost.get_trials()
     assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials)
@@ -81,32 +105,50 @@ def test_study_end_to_end_and_reproducible(ray_local, workdir):
         assert len(vals) == 4
         assert math.isclose(trials[cfg.optuna_trial].value, sum(vals) / 4)
 
-    # the report: on disk, in the parent run, and rebuilt from the stores alone (no Ray)
+
+def test_the_report_is_on_disk_and_in_the_parent_run(tiny):
+    res = tiny.res
     assert res.effects and res.effects[0].n == 4 and "verdict on test_accuracy" in res.verdict
     html = (Path(res.report_dir) / "report.html").read_text()
     assert "data:image/png;base64," in html and "Verdict" in html
     for rec in res.runs:  # every number is traceable to its child run
         assert rec.run_key in html and rec.mlflow_run_id[:8] in html
-    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    arts = {a.path for a in tiny.client.list_artifacts(tiny.parent.info.run_id, "report")}
     assert {"report/report.html", "report/report.md", "report/effects.png"} <= arts
-    code = ("import sys; from study.cli import main; rc = main(['report', 'tiny', "
-            "'--out', 'rebuilt', '--no-log']); assert 'ray' not in sys.modules; sys.exit(rc)")
+
+
+def test_the_report_is_rebuilt_from_the_stores_alone_without_ray(tiny):
+    code = ("import sys; from study.cli import main; rc = main(['report', "
+            f"{tiny.res.execution!r}, '--out', 'rebuilt', '--no-log']); "
+            "assert 'ray' not in sys.modules; sys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       cwd=workdir, env={**os.environ, "MLFLOW_TRACKING_URI":
-                                         f"sqlite:///{workdir}/mlflow.db"})
+                       cwd=tiny.where, env={**os.environ, "MLFLOW_TRACKING_URI":
+                                            f"sqlite:///{tiny.where}/mlflow.db"})
     assert r.returncode == 0, r.stderr[-2000:]
-    assert res.verdict.splitlines()[:4] == r.stdout.splitlines()[:4]
-    rebuilt = json.loads((workdir / "rebuilt" / "effects.json").read_text())
-    saved = json.loads((Path(res.report_dir) / "effects.json").read_text())
+    assert tiny.res.verdict.splitlines()[:4] == r.stdout.splitlines()[:4]
+    rebuilt = json.loads((tiny.where / "rebuilt" / "effects.json").read_text())
+    saved = json.loads((Path(tiny.res.report_dir) / "effects.json").read_text())
     assert rebuilt == saved
 
-    # a second invocation: same configurations and, on CPU, the same numbers
-    again = study.run(path, overrides={"repeats": 2}, echo=None)
+
+def test_runs_are_read_back_from_mlflow_page_by_page(tiny, monkeypatch):
+    from study.tracking import read
+
+    uri = f"sqlite:///{tiny.where}/mlflow.db"
+    _, whole, _ = read.runs_from_mlflow(uri, "tiny", tiny.res.execution)
+    monkeypatch.setattr(read, "PAGE", 3)  # 8 children: pages of 3, 3 and 2
+    _, paged, parent = read.runs_from_mlflow(uri, "tiny", tiny.res.execution)
+    assert paged == whole and len(paged) == 8
+    assert {r["run_key"] for r in paged} == {r.run_key for r in tiny.res.runs}
+    assert parent.info.run_id == tiny.res.parent_run_id
+
+
+def test_a_second_invocation_gives_the_same_configurations_and_numbers(tiny):
+    res, again = tiny.res, tiny.again
     assert [c.params for c in again.configs] == [c.params for c in res.configs]
     assert {r.run_key: r.metrics["val_accuracy"] for r in again.runs} == \
         {r.run_key: r.metrics["val_accuracy"] for r in res.runs}
-    _, parents, children = mlflow_runs("tiny")
-    assert len(parents) == 2 and len(children) == 16
+    assert len(tiny.parents) == 2 and len(tiny.children) == 16
 
 
 def test_crashed_and_diverged_runs_are_recorded_and_the_study_goes_on(ray_local, workdir):
@@ -121,7 +163,8 @@ def test_crashed_and_diverged_runs_are_recorded_and_the_study_goes_on(ray_local,
     counts = res.counts()
     assert counts["failed"] == 1 and counts["diverged"] == 2 and counts["completed"] == 1
     failed = next(r for r in res.runs if r.status == "failed")
-    assert failed.run_key == "c000-bias_init=0.0-s0" and "injected failure" in failed.error
+    assert f"crashy/{failed.run_key}" == INJECTED_FAULTS["crash"]
+    assert "injected failure" in failed.error
     diverged = [r for r in res.runs if r.status == "diverged"]
     assert all(r.epochs < 3 for r in diverged)
     # the failed run is left out of its configuration's value; the diverged ones count
@@ -215,6 +258,7 @@ def test_worker_death_is_retried_from_the_last_checkpoint(ray_local, workdir):
     del raw["compare"]
     res = study.run(write_spec(workdir / "r.yaml", raw), echo=None)
     (rec,) = res.runs
+    assert f"retry/{rec.run_key}@2" == INJECTED_FAULTS["retry"]  # its worker died once
     assert res.status == "finished" and rec.status == "completed" and rec.epochs == 4
     client, _, (child,) = mlflow_runs("retry")
     hist = client.get_metric_history(child.info.run_id, "val_accuracy")

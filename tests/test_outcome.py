@@ -63,12 +63,6 @@ def test_interval_labels_follow_alpha(alpha, label):
 # --------------------------------------------------------------------------------------
 
 
-def _op(kind: str, key: str, **payload):
-    from study.tracking.writer import _Op
-
-    return _Op(kind, key, payload)
-
-
 def test_writer_drops_a_refused_run_counts_it_and_sends_the_others(tmp_path: Path):
     from study.tracking.writer import MlflowWriter
 
@@ -82,12 +76,12 @@ def test_writer_drops_a_refused_run_counts_it_and_sends_the_others(tmp_path: Pat
     client = MlflowClient(uri)
     # someone deletes a run in the MLflow UI while the study runs: MLflow refuses its writes
     client.delete_run(writer.child_ids["bad"])
-    with writer._lock:  # queued before the sending thread looks: "bad" first
+    with writer.held():  # queued before the sending thread looks: "bad" first
         for key in keys:
-            writer._ops.append(_op("metrics", key, metrics={"val": 0.5}, step=1, ts=1))
-            writer._ops.append(_op("tags", key, tags={"study.status": "completed"}))
-            writer._ops.append(_op("end", key, status="FINISHED"))
-    writer._drain()  # one pass sends every other run
+            writer.log_metrics(key, {"val": 0.5}, step=1)
+            writer.set_tags(key, {"study.status": "completed"})
+            writer.end_child(key, "FINISHED")
+    assert writer.flush(30)  # "bad" refused and dropped; every other run sent
     assert writer.pending() == 0
     for key in ("ok1", "ok2"):
         assert client.get_run(writer.child_ids[key]).info.status == "FINISHED"

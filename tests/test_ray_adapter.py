@@ -2,8 +2,10 @@
 the installed Ray; and a change that can no longer apply says so (an error where the study's
 correctness or secrets depend on it, a WARNING where only speed does).
 
-No Ray start: attribute, signature, source and binary checks (a fresh process where Tune's
-state matters). The lifecycle and end-to-end tests start Ray with these changes.
+Mostly no Ray start: attribute, signature, source and binary checks (a fresh process where
+Tune's state matters); one test starts a local instance in a subprocess to see the lean
+start-up at work (its probe uses Ray's private task-event state, so it lives here). The
+lifecycle and end-to-end tests start Ray with these changes.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import importlib.util
 import inspect
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -270,3 +274,63 @@ def test_init_imports_warn_when_one_is_missing(monkeypatch, caplog):
     monkeypatch.setattr(ray_adapter, "INIT_IMPORTS", ("json", "ray._no_such_module"))
     ray_adapter.import_init_modules()
     _one_warning(caplog, "ray._no_such_module")
+
+
+# --------------------------------------------------------------------------------------
+# The lean local instance, started for real
+# --------------------------------------------------------------------------------------
+
+
+def ray_workers(pid: int) -> list[str]:
+    import psutil
+
+    out = []
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            argv = p.cmdline()
+        except psutil.Error:
+            continue
+        # a Python worker names itself ray::IDLE (or ray::<task>) once it is up
+        if (argv and argv[0].startswith("ray::") and "Agent" not in argv[0]) or \
+                (len(argv) > 1 and argv[1].endswith("default_worker.py")):
+            out.append(" ".join(argv))
+    return out
+
+
+_START = textwrap.dedent("""
+    import os
+    import time
+    from study.tune import ray_adapter
+    ray_adapter.init_ray(prestart={prestart}, spare_cpu={spare})
+    import ray, psutil
+    from tests.test_ray_adapter import ray_workers
+    time.sleep(4)  # the raylet pre-starts its workers once the driver is connected
+    workers = len(ray_workers(psutil.Process().pid))
+    ray.get([ray.remote(lambda: 1).remote() for _ in range(3)])
+    time.sleep(1.5)  # Ray reports task events every second (when on: 4 events here)
+    events = len(ray._private.state.state._get_all_task_events())
+    leaked = any(k in os.environ
+                 for k in [*ray_adapter.LOCAL_RAY_ENV, *ray_adapter.SPARE_CPU_RAY_ENV])
+    nice = ray.get(ray.remote(lambda: os.nice(0)).remote())  # a worker's niceness
+    print(workers, ray.cluster_resources()["CPU"], events, leaked, nice)
+""")
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="Ray pre-starts one worker per CPU")
+@pytest.mark.parametrize("prestart", [1, None])
+def test_local_instance_prestarts_per_slot_lean_and_unniced(prestart, workdir):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # one slot of one CPU leaves a CPU free here (test_lifecycle.test_slots_come_from_the_spec)
+    start = _START.format(prestart=prestart, spare=prestart == 1)
+    out = subprocess.run([sys.executable, "-c", start],
+                         capture_output=True, text=True, timeout=120, env=env,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    workers, cpus, events, leaked, nice = out.stdout.split()
+    # Ray's own choice is one per CPU; the study's slots when it says how many
+    assert int(workers) == (1 if prestart == 1 else int(float(cpus)))
+    # task events off (ray_adapter.LOCAL_RAY_ENV; Ray's default: 4 events here); workers at
+    # the driver's priority when a CPU is left free (ray_adapter.SPARE_CPU_RAY_ENV), else at
+    # Ray's nice 15; both set only while the instance started
+    assert events == "0" and leaked == "False"
+    assert int(nice) == (os.nice(0) if prestart == 1 else 15)

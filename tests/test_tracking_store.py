@@ -108,17 +108,16 @@ def test_writer_sends_each_run_in_one_batch(tmp_path: Path) -> None:
             return getattr(real, name)
 
     writer.client = Counting()  # type: ignore[assignment]
-    with writer._lock:  # everything queued before the writer thread looks
+    with writer.held():  # everything queued before the writer thread looks
         for i in range(3):
             key = f"run{i}"
-            writer._ops.append(_op("create", key, name=key, params={"depth": i},
-                                   tags={"study.status": "running"}))
+            writer.start_child(key, name=key, params={"depth": i},
+                               tags={"study.status": "running"})
             for epoch in range(1, 6):
-                writer._ops.append(_op("metrics", key, metrics={"val": epoch / 10 + i},
-                                       step=epoch, ts=1000 + epoch))
-            writer._ops.append(_op("tags", key, tags={"study.status": "completed"}))
-            writer._ops.append(_op("end", key, status="FINISHED"))
-        writer._ops.append(_op("tags", "", tags={"b": 3}))
+                writer.log_metrics(key, {"val": epoch / 10 + i}, step=epoch)
+            writer.set_tags(key, {"study.status": "completed"})
+            writer.end_child(key, "FINISHED")
+        writer.set_tags("", {"b": 3})
     assert writer.close("FINISHED")
     # One create, one log_batch (params, 5 epochs of metrics, tags) and one end per run;
     # one log_batch for the parent's tags; then the parent's end.
@@ -137,12 +136,6 @@ def test_writer_sends_each_run_in_one_batch(tmp_path: Path) -> None:
     parent = client.get_run(writer.parent_run_id)
     assert parent.data.tags["b"] == "3" and parent.data.params == {"p": "2"}
     assert parent.info.status == "FINISHED"
-
-
-def _op(kind: str, key: str, **payload):
-    from study.tracking.writer import _Op
-
-    return _Op(kind, key, payload)
 
 
 def test_seeded_optuna_storage_is_the_storage_optuna_makes(

@@ -75,37 +75,44 @@ FILE_DATASETS = ("npz", "idx", "cifar10")  # the datasets read from files by `re
 def check_path(name: str, path: str) -> str | None:
     """Return None if `path` looks usable for dataset `name` (a cheap look at names, not
     content: see :func:`read`), else what is allowed."""
-    p = Path(path)
-    if name == "npz":
-        if not p.is_file():
-            return "an existing " + NPZ_ALLOWED[3:]
-        try:
-            with zipfile.ZipFile(p) as z:
-                names = set(z.namelist())
-        except (zipfile.BadZipFile, OSError, ValueError) as e:  # not a zip archive
-            return f"a readable .npz file ({type(e).__name__}: {e})"
-        missing = [k for k in NPZ_KEYS if k + ".npy" not in names]
-        if missing:
-            return NPZ_ALLOWED + " (missing: " + ", ".join(missing) + ")"
-        return None
-    if name == "idx":
-        if not p.is_dir():
-            return IDX_ALLOWED
-        missing = [f for f in IDX_FILES.values() if _idx_file(p, f) is None]
-        if missing:
-            return "a folder holding " + ", ".join(IDX_FILES.values()) + \
-                " (optionally .gz); missing: " + ", ".join(missing)
-        return None
-    if name == "cifar10":
-        if not p.is_dir():
-            return ("the folder `cifar-10-batches-py` from the CIFAR-10 python version "
-                    "(www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, unpacked)")
-        missing = [f for f in [*CIFAR_TRAIN, CIFAR_TEST] if not (p / f).is_file()]
-        if missing:
-            return ("the folder `cifar-10-batches-py` with data_batch_1..5 and test_batch "
-                    "(download www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and unpack "
-                    "it); missing: " + ", ".join(missing))
-        return None
+    checks: dict[str, Callable[[Path], str | None]] = {
+        "npz": _npz_path_problem, "idx": _idx_path_problem, "cifar10": _cifar_path_problem}
+    return checks[name](Path(path)) if name in checks else None
+
+
+def _npz_path_problem(p: Path) -> str | None:
+    if not p.is_file():
+        return "an existing " + NPZ_ALLOWED[3:]
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = set(z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError) as e:  # not a zip archive
+        return f"a readable .npz file ({type(e).__name__}: {e})"
+    missing = [k for k in NPZ_KEYS if k + ".npy" not in names]
+    if missing:
+        return NPZ_ALLOWED + " (missing: " + ", ".join(missing) + ")"
+    return None
+
+
+def _idx_path_problem(p: Path) -> str | None:
+    if not p.is_dir():
+        return IDX_ALLOWED
+    missing = [f for f in IDX_FILES.values() if _idx_file(p, f) is None]
+    if missing:
+        return "a folder holding " + ", ".join(IDX_FILES.values()) + \
+            " (optionally .gz); missing: " + ", ".join(missing)
+    return None
+
+
+def _cifar_path_problem(p: Path) -> str | None:
+    if not p.is_dir():
+        return ("the folder `cifar-10-batches-py` from the CIFAR-10 python version "
+                "(www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, unpacked)")
+    missing = [f for f in [*CIFAR_TRAIN, CIFAR_TEST] if not (p / f).is_file()]
+    if missing:
+        return ("the folder `cifar-10-batches-py` with data_batch_1..5 and test_batch "
+                "(download www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and unpack "
+                "it); missing: " + ", ".join(missing))
     return None
 
 

@@ -55,7 +55,7 @@ def load_splits(ds: DatasetSpec) -> Splits:
     """Read a dataset and split it. The split depends only on the spec (`split_seed`)."""
     rng = np.random.default_rng(ds.split_seed)
     if ds.name in ("digits", "synthetic"):
-        x, y = _digits() if ds.name == "digits" else _synthetic(ds)
+        x, y = read_digits() if ds.name == "digits" else _synthetic(ds)
         perm = rng.permutation(len(x))
         n_test = max(1, int(round(ds.test_fraction * len(x))))
         test, pool = perm[:n_test], perm[n_test:]
@@ -176,7 +176,7 @@ def load_tensors(ds: DatasetSpec, device: str | torch.device = "cpu",
     return out
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray]:
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled digits (no download), read from its CSV directly: the same
     arrays as ``sklearn.datasets.load_digits`` without importing scikit-learn (over a
     second, paid by every fresh worker)."""

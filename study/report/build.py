@@ -18,11 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from study.records import (
-    EXECUTION_RE,
     RunStatus,
     StudyStatus,
     check_execution_id,
-    check_run_id,
     check_study_ref,
 )
 from study.redact import redact_text, redact_uri, usable_uri
@@ -38,9 +36,9 @@ from study.report.stats import (
     status_counts,
     usable_value,
 )
-from study.spec import KNOBS, StudySpec, load_yaml_text, parse_spec
+from study.spec import StudySpec
 
-__all__ = ["Report", "ReportInput", "build_report", "importance", "rebuild", "runs_from_mlflow",
+__all__ = ["Report", "ReportInput", "build_report", "importance", "rebuild",
            "verdict_table"]
 
 IMPORTANCE_EVALUATOR = "fANOVA (optuna.importance.FanovaImportanceEvaluator, seed 0)"
@@ -494,82 +492,6 @@ def importance(storage: Any, study_name: str) -> tuple[dict[str, float] | None, 
         return None, f"{type(e).__name__}: {redact_text(str(e))}"
 
 
-def _typed(knob: str, text: str | None) -> Any:
-    if text is None:
-        return None
-    kind = KNOBS[knob].kind
-    if kind is bool:
-        return text == "True"
-    if kind is int:
-        return int(float(text))
-    if kind is float:
-        return float(text)
-    return text
-
-
-def runs_from_mlflow(tracking_uri: str, name: str, execution: str | None = None,
-                     ) -> tuple[StudySpec, list[dict[str, Any]], Any]:
-    """The spec (from the parent run's spec.yaml), one row per child run, and the parent.
-
-    `name` is a study name (its latest execution) or an execution id; both, and the ids read
-    back, are checked before they go into a filter string.
-    """
-    import tempfile
-
-    from mlflow.tracking import MlflowClient
-
-    from study.spec import SpecError
-
-    check_study_ref(name, "study name or execution id")
-    if execution:
-        check_execution_id(execution, "execution id")
-    client = MlflowClient(tracking_uri)
-    execution = execution or (name if client.get_experiment_by_name(name) is None else None)
-    exps = client.search_experiments()
-    if execution and not EXECUTION_RE.fullmatch(execution):
-        parents = []  # a name that is no study in MLflow: said below
-    elif execution:
-        parents = client.search_runs([e.experiment_id for e in exps],
-                                     f"tags.`study.execution` = '{execution}'",
-                                     order_by=["attributes.start_time DESC"], max_results=1)
-    else:
-        exp = client.get_experiment_by_name(name)
-        parents = client.search_runs([exp.experiment_id], "tags.`study.execution` != ''",
-                                     order_by=["attributes.start_time DESC"], max_results=1)
-    if not parents:
-        known = sorted(repr(e.name)[:120] for e in exps if e.name != "Default")
-        raise SpecError(f"no study execution {execution or name!r} in MLflow at "
-                        f"{redact_uri(tracking_uri)}. Studies there: "
-                        f"{', '.join(known[:50]) or 'none'}.")
-    parent = parents[0]
-    check_run_id(parent.info.run_id, "MLflow parent run id")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(parent.info.run_id, "spec.yaml", tmp)
-        source = f"MLflow run {parent.info.run_id}: spec.yaml"
-        raw = load_yaml_text(Path(path).read_bytes(), source)  # a colleague's store: bounded
-    spec = parse_spec(raw, source=source, check_paths=False)
-    children = client.search_runs(
-        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-        max_results=50_000)
-    rows = []
-    for c in children:
-        p, t = c.data.params, c.data.tags
-        params = {k: _typed(k, p.get(k)) for k in KNOBS if k in p}
-        rows.append({
-            "run_key": t.get("study.run_key"), "config": int(t["study.config"]),
-            "optuna_trial": int(t.get("study.optuna_trial", -1)),
-            "level": params.get(spec.compare_knob) if spec.compare_knob else None,
-            "seed": int(t["study.seed"]), "pair": t.get("study.pair"),
-            "status": t.get("study.status", "unknown"),
-            "epochs": int(t.get("study.epochs", 0)),
-            **{f"param.{k}": v for k, v in params.items()},
-            **c.data.metrics, "mlflow_run_id": c.info.run_id,
-            "mlflow_status": c.info.status,
-        })
-    rows.sort(key=lambda r: (r["config"], r["seed"], repr(r["level"])))
-    return spec, rows, parent
-
-
 def rebuild(name: str, *, tracking_uri: str | None = None, optuna_storage: str | None = None,
             execution: str | None = None, out_dir: str | Path | None = None,
             log_to_mlflow: bool = True) -> tuple[Report, StudySpec, Path]:
@@ -577,6 +499,7 @@ def rebuild(name: str, *, tracking_uri: str | None = None, optuna_storage: str |
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from study.tracking.read import runs_from_mlflow
     from study.tracking.writer import reachable_tracking_uri
 
     check_study_ref(name, "study report: NAME")

@@ -1,7 +1,7 @@
 """Paired effects, confidence intervals, equivalence tests and verdicts.
 
 Pure functions of a table of runs (one dict per training run, as
-:meth:`study.records.StudyResult.table` or :func:`study.report.build.runs_from_mlflow` give):
+:meth:`study.records.StudyResult.table` or :func:`study.tracking.read.runs_from_mlflow` give):
 no Ray, no stores. numpy and scipy only.
 
 Method (stated in every report):

@@ -42,27 +42,12 @@ class Knob:
 
     def check(self, value: Any) -> Any:
         """Return the value coerced to the knob's type, or raise ValueError (no context)."""
-        if self.kind is bool:
-            if not isinstance(value, bool):
+        if self.kind is bool or self.kind is str:
+            if not isinstance(value, self.kind) or (
+                    self.kind is str and value not in (self.choices or ())):
                 raise ValueError
             return value
-        if self.kind is str:
-            if not isinstance(value, str) or value not in (self.choices or ()):
-                raise ValueError
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError
-        if self.kind is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            value = int(value)
-        else:
-            try:
-                value = float(value)
-            except OverflowError:  # an int beyond a float's range
-                raise ValueError from None
-            if not math.isfinite(value):
-                raise ValueError
+        value = self._number(value)
         if self.low is not None and value < self.low:
             raise ValueError
         if self.high is not None and (
@@ -70,6 +55,22 @@ class Knob:
         ):
             raise ValueError
         return value
+
+    def _number(self, value: Any) -> int | float:
+        """`value` as this knob's int or finite float (True and 1.5 are no ints)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError
+        if self.kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond a float's range
+            raise ValueError from None
+        if not math.isfinite(number):
+            raise ValueError
+        return number
 
 
 def _knobs(*knobs: Knob) -> dict[str, Knob]:

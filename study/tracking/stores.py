@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from study.redact import redact_text, redact_uri
+from study.tracking.mlflow_adapter import default_artifact_location
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +46,8 @@ def seed_mlflow_store(uri: str) -> bool:
 
     def adapt(tmp: Path) -> None:
         # The Default experiment (0) holds the artifact location and time of the template's
-        # making: set them as MLflow would for this store, here and now. MLflow's own store
-        # builder, called directly, so that its store cache keeps out of it.
-        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
-
-        store = _tracking_store_registry.get_store_builder(uri)(
-            store_uri=f"sqlite:///{tmp}", artifact_uri=None)
-        location = str(store._get_artifact_location(0))
-        store.engine.dispose()
+        # making: set them as MLflow would for this store, here and now.
+        location = default_artifact_location(uri, tmp)
         now = int(time.time() * 1000)
         with contextlib.closing(sqlite3.connect(tmp)) as db, db:
             db.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, "

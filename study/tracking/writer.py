@@ -43,6 +43,29 @@ class _Op:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class _Batch:
+    """One run's writes gathered from its queued ops, and the ops they cover."""
+
+    metrics: list[Any] = field(default_factory=list)
+    params: list[Any] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  # a key set twice: the later value
+    covered: list[_Op] = field(default_factory=list)
+
+    def add(self, op: _Op) -> None:
+        from mlflow.entities import Metric, Param
+
+        self.covered.append(op)
+        if op.kind == "create":
+            self.params += [Param(k, _str(v)) for k, v in op.payload["params"].items()]
+        elif op.kind == "metrics":
+            self.metrics += [Metric(k, float(v), op.payload["ts"], op.payload["step"])
+                             for k, v in op.payload["metrics"].items()
+                             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        elif op.kind == "tags":
+            self.tags.update((k, _str(v)) for k, v in op.payload["tags"].items())
+
+
 def reachable_tracking_uri(given: str | None = None, timeout: float = 5.0) -> str:
     """The tracking URI `given` (else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db), with
     HTTP credentials moved into MLflow's variables, checked within about `timeout` s."""
@@ -159,7 +182,7 @@ class MlflowWriter:
                                                         for k, v in parent_tags.items()])
         self.child_ids: dict[str, str] = {}
         self._ops: deque[_Op] = deque()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by held()'s own writes
         self._wake = threading.Event()
         self._stop = False
         self._flush_seconds = flush_seconds
@@ -195,6 +218,13 @@ class MlflowWriter:
         after a killed driver relies on."""
         self._put(_Op("end", key, {"status": status}))
         self._wake.set()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Queue the writes made inside the block without sending any of them until it
+        ends, so that they go to MLflow together, in one pass."""
+        with self._lock:
+            yield
 
     def _put(self, op: _Op) -> None:
         with self._lock:
@@ -318,53 +348,45 @@ class MlflowWriter:
                      why, len(mine))
 
     def _send_run(self, key: str, ops: list[_Op]) -> None:
-        from mlflow.entities import Metric, Param, RunStatus, RunTag
+        """Send one run's queued ops: its writes in batches, its end after them."""
+        from mlflow.entities import RunStatus
 
-        metrics: list[Metric] = []
-        params: list[Param] = []
-        tags: dict[str, str] = {}  # a key set twice before a send: the later value
-        covered: list[_Op] = []  # the ops whose writes are in the lists above
-
-        def run_id() -> str:
-            rid = self.child_ids.get(key) if key else self.parent_run_id
-            if rid is None:
-                raise _Refused(f"{ops[0].kind} for a run that has no MLflow run")
-            return rid
-
-        def send() -> None:
-            tag_list = [RunTag(k, v) for k, v in tags.items()]
-            while metrics or params or tag_list:
-                p, t = params[:MAX_PARAMS_PER_BATCH], tag_list[:MAX_TAGS_PER_BATCH]
-                m = metrics[:MAX_ENTITIES_PER_BATCH - len(p) - len(t)]
-                self.client.log_batch(run_id(), metrics=m, params=p, tags=t)
-                del metrics[:len(m)], params[:len(p)], tag_list[:len(t)]
-            tags.clear()
-            self._done(covered)
-            covered.clear()
-
+        batch = _Batch()
         for op in ops:
             if op.kind == "end":  # after everything before it has been sent
-                send()
-                self.client.set_terminated(run_id(), RunStatus.to_string(
+                self._send_batch(key, ops[0].kind, batch)
+                self.client.set_terminated(self._run_id(key, ops[0].kind), RunStatus.to_string(
                     RunStatus.from_string(op.payload["status"])))
                 self._done([op])
                 continue
-            covered.append(op)
-            if op.kind == "create":
-                if key not in self.child_ids:
-                    run_tags = {"mlflow.parentRunId": self.parent_run_id, **op.payload["tags"]}
-                    run = self.client.create_run(
-                        self.experiment_id, run_name=op.payload["name"],
-                        tags={k: _str(v) for k, v in run_tags.items()})
-                    self.child_ids[key] = run.info.run_id
-                params += [Param(k, _str(v)) for k, v in op.payload["params"].items()]
-            elif op.kind == "metrics":
-                metrics += [Metric(k, float(v), op.payload["ts"], op.payload["step"])
-                            for k, v in op.payload["metrics"].items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            elif op.kind == "tags":
-                tags.update((k, _str(v)) for k, v in op.payload["tags"].items())
-        send()
+            if op.kind == "create" and key not in self.child_ids:
+                run_tags = {"mlflow.parentRunId": self.parent_run_id, **op.payload["tags"]}
+                run = self.client.create_run(self.experiment_id, run_name=op.payload["name"],
+                                             tags={k: _str(v) for k, v in run_tags.items()})
+                self.child_ids[key] = run.info.run_id
+            batch.add(op)
+        self._send_batch(key, ops[0].kind, batch)
+
+    def _run_id(self, key: str, kind: str) -> str:
+        rid = self.child_ids.get(key) if key else self.parent_run_id
+        if rid is None:
+            raise _Refused(f"{kind} for a run that has no MLflow run")
+        return rid
+
+    def _send_batch(self, key: str, kind: str, batch: _Batch) -> None:
+        """log_batch calls within MLflow's limits; then the ops they covered leave the queue."""
+        from mlflow.entities import RunTag
+
+        metrics, params = batch.metrics, batch.params
+        tags = [RunTag(k, v) for k, v in batch.tags.items()]
+        while metrics or params or tags:
+            p, t = params[:MAX_PARAMS_PER_BATCH], tags[:MAX_TAGS_PER_BATCH]
+            m = metrics[:MAX_ENTITIES_PER_BATCH - len(p) - len(t)]
+            self.client.log_batch(self._run_id(key, kind), metrics=m, params=p, tags=t)
+            del metrics[:len(m)], params[:len(p)], tags[:len(t)]
+        batch.tags.clear()
+        self._done(batch.covered)
+        batch.covered.clear()
 
     def _done(self, ops: list[_Op]) -> None:
         sent = {id(op) for op in ops}

@@ -46,8 +46,13 @@ class StudyCallback(tune.Callback):
 
     @property
     def children(self) -> set[str]:
-        """Runs whose MLflow child was requested (the runner adds those a resume keeps)."""
+        """Runs whose MLflow child was requested."""
         return self.mlflow.children
+
+    def keep(self, rec: RunRecord) -> None:
+        """A run that ended before a resume: counted as it is, its MLflow child kept."""
+        self.records[rec.run_key] = rec
+        self.children.add(rec.run_key)
 
     def counts(self) -> dict[str, int]:
         return self.ledger.counts()

@@ -11,10 +11,9 @@ import logging
 import math
 import os
 import secrets
-import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,85 +51,9 @@ if TYPE_CHECKING:  # imports Ray Tune: at run time only inside run()/resume()
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRIC_KEYS", "resume", "run", "trainable"]
+__all__ = ["METRIC_KEYS", "resume", "run"]
 
 Echo = Callable[[str], None]
-
-
-# --------------------------------------------------------------------------------------
-# Worker side
-# --------------------------------------------------------------------------------------
-
-
-def trainable(config: dict[str, Any], splits: Any = None) -> None:
-    """The Ray Tune function trainable: one block of runs (``study.train.block``), reported once
-    per epoch with every run's latest record.
-
-    `splits`: the dataset, read once by the driver and shared through Ray's object store
-    (datasets read from files); None for datasets a worker builds from the spec itself."""
-    import ray
-    import torch
-    from ray import tune
-
-    from study.data.load import load_tensors
-    from study.spec import DatasetSpec
-    from study.train.block import block_value, train_block
-
-    torch.set_num_threads(int(config["threads"]))
-    device = _device(bool(config["gpu"]))
-    data = load_tensors(DatasetSpec(**config["dataset"]), device, splits)
-    ctx = ray.get_runtime_context()
-    where = {"node_id": ctx.get_node_id(), "host": socket.gethostname(),
-             "device": str(device)}
-    every = config.get("checkpoint_every")  # None: by time (study.train.block)
-    # a retried block continues each run after its last checkpointed epoch
-    store = CheckpointStore(config["checkpoint_dir"]) if every != 0 else None
-    metric = config["metric"]
-
-    def before_epoch(keys: Any, epoch: int, restored: bool) -> None:
-        for key in keys:
-            die_after = _injected_failure(f"{config['study']}/{key}")
-            if die_after is not None and not restored and epoch == die_after + 1:
-                os._exit(1)  # injected: the worker process dies (first attempt only)
-
-    def report(epoch: int, records: dict[str, dict[str, Any]]) -> None:
-        tune.report({"epoch": epoch, metric: block_value(records, metric), **where,
-                     "runs": records})
-
-    train_block(config["block"], data, device=device, fuse=bool(config["fuse"]),
-                report=report, store=store, checkpoint_every=every,
-                retries=int(config["retries"]), before_epoch=before_epoch)
-
-
-def _injected_failure(run_id: str) -> int | None:
-    """Fault injection for tests and drills, from STUDY_INJECT_FAILURE (comma-separated):
-    ``study/run_key`` raises at the start of every attempt; ``study/run_key@N`` kills the
-    worker process after epoch N of the first attempt. Returns N, or None."""
-    for item in filter(None, os.environ.get("STUDY_INJECT_FAILURE", "").split(",")):
-        target, _, epoch = item.strip().partition("@")
-        if target == run_id:
-            if not epoch:
-                raise RuntimeError(f"injected failure for {run_id} (STUDY_INJECT_FAILURE)")
-            return int(epoch)
-    return None
-
-
-def _device(want_gpu: bool) -> str:
-    if not want_gpu:
-        return "cpu"
-    import ray
-    import torch
-
-    ids = ray.get_gpu_ids()
-    if not ids:
-        raise RuntimeError("this run asked for a GPU but Ray assigned it none")
-    if not torch.cuda.is_available() or torch.cuda.device_count() < 1:
-        raise RuntimeError(
-            f"Ray assigned GPU {ids} on {socket.gethostname()}, but PyTorch sees no CUDA "
-            f"device there (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
-            f"torch {torch.__version__}, CUDA build: {torch.version.cuda})")
-    # Ray sets CUDA_VISIBLE_DEVICES to the GPU it assigned: it is this process' device 0.
-    return "cuda:0"
 
 
 # --------------------------------------------------------------------------------------
@@ -309,12 +232,53 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
 
 def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
             optuna_storage: str | None, echo: Echo | None) -> StudyResult:
-    from study.report.build import runs_from_mlflow
+    from mlflow.tracking import MlflowClient
+
     from study.search.searcher import BlockSearcher
-    from study.tracking.writer import MlflowWriter, reachable_tracking_uri
+    from study.tracking.writer import MlflowWriter
     from study.tune.callback import StudyCallback
 
     t0 = time.monotonic()
+    spec, rows, parent = _resume_target(target, tracking_uri, optuna_storage)
+    execution = parent.data.tags["study.execution"]
+    storage, cluster = _prepare(spec)
+    done = {r["run_key"]: r for r in rows if r["status"] in ENDED}
+    stale = [r for r in rows if r["status"] not in ENDED]
+    _settle_children(spec.tracking_uri, execution, done.values(), stale)
+    # Unfinished runs restart from epoch 1 in their new MLflow child; also those whose child
+    # the dead driver never got to write, so no checkpoint may survive.
+    CheckpointStore(_checkpoint_dir(spec, execution)).clear()
+    fuse, seeds_per_block = block_plan(spec, cluster)
+    searcher = BlockSearcher(spec, storage=storage, study_name=execution,
+                             seeds_per_block=seeds_per_block)
+    remaining = searcher.restore_progress(
+        {k: usable_value(r, spec.metric) for k, r in done.items()},
+        pruned={k for k, r in done.items() if r["status"] == RunStatus.PRUNED})
+    n_resume = int(parent.data.tags.get("study.resumes", "0")) + 1
+    MlflowClient(spec.tracking_uri).update_run(parent.info.run_id, status="RUNNING")
+    writer = MlflowWriter(spec.tracking_uri, spec.name, parent_name=execution,
+                          parent_tags={"study.status": StudyStatus.RUNNING,
+                                       "study.resumes": n_resume},
+                          parent_params={}, parent_run_id=parent.info.run_id)
+    writer.child_ids.update({k: r["mlflow_run_id"] for k, r in done.items()})
+    callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"])
+    for r in done.values():
+        callback.keep(RunRecord.from_row(r))
+    if echo:
+        echo(f"resuming {execution}: {len(done)} of {spec.total_runs} runs done and kept, "
+             f"{len(stale)} unfinished run(s) to run again, {remaining} runs left; Ray "
+             f"{cluster['CPU']:g} CPU / {cluster['GPU']:g} GPU")
+    return _execute(spec, execution, f"{execution}-resume{n_resume}", searcher, writer,
+                    callback, storage, remaining, echo, t0, fuse)
+
+
+def _resume_target(target: str | os.PathLike[str], tracking_uri: str | None,
+                   optuna_storage: str | None) -> tuple[StudySpec, list[dict[str, Any]], Any]:
+    """The spec, runs and parent run of the execution to resume (a study name, an execution
+    id or a spec file), with the stores' credentials from the flag, environment or file."""
+    from study.tracking.read import runs_from_mlflow
+    from study.tracking.writer import reachable_tracking_uri
+
     given = load_spec(target) if _is_file(target) else None
     name = given.name if given else check_study_ref(str(target), "study resume: TARGET")
     uri = reachable_tracking_uri(given.tracking_uri if given else tracking_uri)
@@ -331,46 +295,24 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
          ("the spec file (storage.optuna)", given.optuna_storage if given else None)],
         what=f"the Optuna storage of {execution}",
         explicit=("--optuna-storage", optuna_storage)))
-    storage, cluster = _prepare(spec)
-    done = {r["run_key"]: r for r in rows if r["status"] in ENDED}
-    stale = [r for r in rows if r["status"] not in ENDED]
+    return spec, rows, parent
+
+
+def _settle_children(uri: str, execution: str, done: Iterable[Mapping[str, Any]],
+                     stale: Iterable[Mapping[str, Any]]) -> None:
+    """Before a resume: unfinished runs' MLflow children are deleted (they run again,
+    afresh); ended runs whose child the dead driver left RUNNING are ended."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    for r in stale:  # left RUNNING (driver killed) or KILLED (stopped): run again, afresh
+    for r in stale:  # left RUNNING (driver killed) or KILLED (stopped)
         check_run_id(r["mlflow_run_id"], f"execution {execution}: a child run's id")
         client.set_tag(r["mlflow_run_id"], "study.superseded_by_resume", "true")
         client.delete_run(r["mlflow_run_id"])
-    for r in done.values():  # the driver died between a run's final tags and its end
+    for r in done:  # the driver died between a run's final tags and its end
         if r.get("mlflow_status") == "RUNNING":
             client.set_terminated(r["mlflow_run_id"],
                                   "FAILED" if r["status"] == RunStatus.FAILED else "FINISHED")
-    # Unfinished runs restart from epoch 1 in their new MLflow child; also those whose child
-    # the dead driver never got to write, so no checkpoint may survive.
-    CheckpointStore(_checkpoint_dir(spec, execution)).clear()
-    fuse, seeds_per_block = block_plan(spec, cluster)
-    searcher = BlockSearcher(spec, storage=storage, study_name=execution,
-                             seeds_per_block=seeds_per_block)
-    remaining = searcher.restore_progress(
-        {k: usable_value(r, spec.metric) for k, r in done.items()},
-        pruned={k for k, r in done.items() if r["status"] == RunStatus.PRUNED})
-    n_resume = int(tags.get("study.resumes", "0")) + 1
-    client.update_run(parent.info.run_id, status="RUNNING")
-    writer = MlflowWriter(uri, spec.name, parent_name=execution,
-                          parent_tags={"study.status": StudyStatus.RUNNING,
-                                       "study.resumes": n_resume},
-                          parent_params={}, parent_run_id=parent.info.run_id)
-    writer.child_ids.update({k: r["mlflow_run_id"] for k, r in done.items()})
-    callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"])
-    for r in done.values():
-        callback.records[r["run_key"]] = _record_from_row(r)
-        callback.children.add(r["run_key"])
-    if echo:
-        echo(f"resuming {execution}: {len(done)} of {spec.total_runs} runs done and kept, "
-             f"{len(stale)} unfinished run(s) to run again, {remaining} runs left; Ray "
-             f"{cluster['CPU']:g} CPU / {cluster['GPU']:g} GPU")
-    return _execute(spec, execution, f"{execution}-resume{n_resume}", searcher, writer,
-                    callback, storage, remaining, echo, t0, fuse)
 
 
 def _is_file(target: str | os.PathLike[str]) -> bool:
@@ -403,15 +345,6 @@ def _describe_plan(spec: StudySpec, fuse: bool, seeds_per_block: int) -> str:
     runs = min(seeds_per_block, spec.repeats) * len(spec.levels)
     how = "fused where the architecture allows" if fuse else "one after another"
     return f"up to {runs} run(s) per Tune trial, trained {how}"
-
-
-def _record_from_row(r: Mapping[str, Any]) -> RunRecord:
-    params = {k[len("param."):]: v for k, v in r.items() if k.startswith("param.")}
-    metrics = {k: float(r[k]) for k in METRIC_KEYS if isinstance(r.get(k), (int, float))}
-    return RunRecord(run_key=r["run_key"], config=r["config"], optuna_trial=r["optuna_trial"],
-                     level=r["level"], seed=r["seed"], pair=r["pair"], params=params,
-                     status=r["status"], epochs=int(r.get("epochs") or 0),
-                     metrics=metrics, mlflow_run_id=r["mlflow_run_id"])
 
 
 def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
@@ -508,54 +441,12 @@ def _check_shared_results(spec: StudySpec) -> None:
 def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, writer: Any,
              callback: StudyCallback, storage: Any, num_samples: int, echo: Echo | None,
              t0: float, fuse: bool) -> StudyResult:
-    from ray import tune
-
-    from study.tune.callback import PruningASHA
-
-    results_dir = _results_dir(spec)
-    dataset = spec.dataset.as_dict()
-    splits = None
-    if dataset.get("path"):  # read once here; workers get it from the object store
-        from study.data.load import load_splits
-
-        dataset["path"] = str(Path(dataset["path"]).resolve())
-        splits = load_splits(spec.dataset)
-    threads = max(1, int(spec.cpu))
-    callback.pruned_trials = searcher.pruned_trials  # one set: the scheduler fills it
-    scheduler = None
-    if spec.scheduler == "asha":
-        scheduler = PruningASHA(searcher.pruned_trials, time_attr="epoch", metric=spec.metric,
-                                 mode=spec.mode, max_t=int(spec.fixed.get("epochs", 10**6)),
-                                 grace_period=spec.grace_period,
-                                 reduction_factor=spec.reduction_factor)
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, splits=splits),
-                            {"cpu": spec.cpu, "gpu": spec.gpu}),
-        param_space={"study": spec.name, "dataset": dataset, "threads": threads,
-                     "gpu": spec.gpu > 0, "checkpoint_every": spec.checkpoint_every,
-                     "checkpoint_dir": _checkpoint_dir(spec, execution), "fuse": fuse,
-                     "metric": spec.metric, "retries": spec.retries},
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(num_samples, 1),
-                                    max_concurrent_trials=spec.concurrency,
-                                    scheduler=scheduler,
-                                    reuse_actors=True, trial_dirname_creator=_trial_dirname),
-        run_config=tune.RunConfig(
-            name=tune_name, storage_path=results_dir, verbose=0,
-            failure_config=tune.FailureConfig(max_failures=spec.retries),
-            callbacks=[callback]),
-    )
+    """Run the trials, then (whatever happened) write the report and close the stores."""
+    tuner = _tuner(spec, execution, tune_name, searcher, callback, num_samples, fuse)
     status = StudyStatus.FAILED
     report_error: Exception | None = None
     try:
-        if interrupts.held():  # it came while the stores were being prepared
-            status = StudyStatus.INTERRUPTED
-        else:
-            interrupts.through_tune()  # SIGTERM stops the trials like Ctrl-C
-            if num_samples > 0:
-                tuner.fit()
-            status = _outcome(spec, callback)
-    except KeyboardInterrupt:
-        status = StudyStatus.INTERRUPTED
+        status = _fit(spec, tuner, callback, num_samples)
     finally:
         # Once the trials are over, a signal waits until the report is written and the
         # parent run is closed (about a second), so the stores are never left half-done.
@@ -579,6 +470,64 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
     if report_error is not None:
         raise ReportError(result, report_error) from report_error
     return result
+
+
+def _fit(spec: StudySpec, tuner: Any, callback: StudyCallback, num_samples: int) -> str:
+    """Run the trials; the study's status once they are over (a StudyStatus)."""
+    try:
+        if interrupts.held():  # it came while the stores were being prepared
+            return StudyStatus.INTERRUPTED
+        interrupts.through_tune()  # SIGTERM stops the trials like Ctrl-C
+        if num_samples > 0:
+            tuner.fit()
+        return _outcome(spec, callback)
+    except KeyboardInterrupt:
+        return StudyStatus.INTERRUPTED
+
+
+def _tuner(spec: StudySpec, execution: str, tune_name: str, searcher: Any,
+           callback: StudyCallback, num_samples: int, fuse: bool) -> Any:
+    """The Tuner of this execution: the trainable with its data and resources, the block
+    searcher, the scheduler, and the callback that records every run."""
+    from ray import tune
+
+    from study.tune.trainable import trainable
+
+    dataset = spec.dataset.as_dict()
+    splits = None
+    if dataset.get("path"):  # read once here; workers get it from the object store
+        from study.data.load import load_splits
+
+        dataset["path"] = str(Path(dataset["path"]).resolve())
+        splits = load_splits(spec.dataset)
+    callback.pruned_trials = searcher.pruned_trials  # one set: the scheduler fills it
+    return tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, splits=splits),
+                            {"cpu": spec.cpu, "gpu": spec.gpu}),
+        param_space={"study": spec.name, "dataset": dataset, "threads": max(1, int(spec.cpu)),
+                     "gpu": spec.gpu > 0, "checkpoint_every": spec.checkpoint_every,
+                     "checkpoint_dir": _checkpoint_dir(spec, execution), "fuse": fuse,
+                     "metric": spec.metric, "retries": spec.retries},
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(num_samples, 1),
+                                    max_concurrent_trials=spec.concurrency,
+                                    scheduler=_scheduler(spec, searcher.pruned_trials),
+                                    reuse_actors=True, trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=tune_name, storage_path=_results_dir(spec), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.retries),
+            callbacks=[callback]),
+    )
+
+
+def _scheduler(spec: StudySpec, pruned_trials: set[str]) -> Any:
+    """ASHA that tells the searcher which trials it stopped, or None (FIFO)."""
+    if spec.scheduler != "asha":
+        return None
+    from study.tune.callback import PruningASHA
+
+    return PruningASHA(pruned_trials, time_attr="epoch", metric=spec.metric, mode=spec.mode,
+                       max_t=int(spec.fixed.get("epochs", 10**6)),
+                       grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
 
 
 def _outcome(spec: StudySpec, callback: StudyCallback) -> str:

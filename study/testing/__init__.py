@@ -1,0 +1,1 @@
+"""Helpers for tests and drills, kept out of the product's path: fault injection."""
