@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.data.load import TensorData
+from study.spec import KNOBS
 from study.train.models import build_model, model_stats
 from study.train.trainer import (
     BATCH_ORDER_SEED_OFFSET,
@@ -45,8 +46,6 @@ __all__ = ["FREE_KNOBS", "FusedTrainer", "fuse_groups", "fuse_key"]
 
 # Knobs that may differ between the runs of one fused group.
 FREE_KNOBS = frozenset({"seed", "init", "bias", "bias_init", "fc_bias", "fc_bias_init"})
-# Run entries that are bookkeeping, not knobs.
-_BOOKKEEPING = frozenset({"config", "level", "pair", "run_key", "optuna_trial"})
 
 
 def fuse_key(run: Mapping[str, Any]) -> tuple | None:
@@ -54,7 +53,7 @@ def fuse_key(run: Mapping[str, Any]) -> tuple | None:
     if run.get("precision", "fp32") == "fp16":
         return None
     return tuple(sorted((k, repr(v)) for k, v in run.items()
-                        if k not in FREE_KNOBS and k not in _BOOKKEEPING))
+                        if k in KNOBS and k not in FREE_KNOBS))  # not the run's identity
 
 
 def fuse_groups(runs: Sequence[Mapping[str, Any]], fuse: bool,
