@@ -38,7 +38,8 @@ from study.report.stats import (
     status_counts,
     usable_value,
 )
-from study.spec import KNOBS, StudySpec, load_yaml_text, parse_spec
+from study.spec import KNOBS, StudySpec, layer_values, load_yaml_text, parse_spec
+from study.spec.layer_values import LayerValues
 
 __all__ = ["Report", "ReportInput", "build_report", "importance", "rebuild", "runs_from_mlflow",
            "verdict_table"]
@@ -498,6 +499,8 @@ def _typed(knob: str, text: str | None) -> Any:
     if text is None:
         return None
     kind = KNOBS[knob].kind
+    if kind is LayerValues:  # a number, or per-layer constants in their canonical text
+        return layer_values.from_text(text)
     if kind is bool:
         return text == "True"
     if kind is int:

@@ -3,10 +3,10 @@ or a rule whose last entry repeats for the remaining layers.
 
 A rule is written as text, e.g. ``"0, 1..."`` (the first layer 0, every later one 1) or
 ``"0, 1, 0, 1, 1, 0..."`` (AlexNet's conv biases: 1 in conv2, conv4 and conv5). A YAML list
-``[0, 1]`` means exactly one constant per layer. Both are kept as one canonical string
-(``"0,1..."``, ``"0,1"``) so that Optuna, MLflow params and run keys can hold them; a
-plain number stays a float. Torch-free: the spec stage validates with it, the model
-stage expands it.
+``[0, 1]`` (or such text without "...") means exactly one constant per layer. Both are kept
+as one canonical string (``"0,1..."``, ``"[0,1]"``) so that Optuna, MLflow params and run
+keys can hold them; a plain number stays a float. Torch-free: the spec stage validates with
+it, the model stage expands it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class LayerValues:
         if isinstance(value, list):
             if not value:
                 raise ValueError
-            return ",".join(_fmt(_number(v, low, high)) for v in value)
+            return "[" + ",".join(_fmt(_number(v, low, high)) for v in value) + "]"
         if isinstance(value, str):
             return _canonical_rule(value, low, high)
         raise ValueError
@@ -57,15 +57,22 @@ def _fmt(v: float) -> str:
 
 
 def _canonical_rule(text: str, low: float, high: float) -> float | str:
-    """"0, 1..." -> "0,1..."; a single number written as text -> that number."""
+    """"0, 1..." -> "0,1..."; "0, 1" or "[0, 1]" -> "[0,1]"; a number as text -> the
+    number."""
+    text = text.strip()
     if len(text) > 1000:
         raise ValueError
+    bracketed = text.startswith("[") and text.endswith("]")
+    if bracketed:
+        text = text[1:-1]
     parts = [p.strip() for p in text.split(",")]
     if not parts or any(not p for p in parts):
         raise ValueError
     if any(p.endswith(REPEAT) for p in parts[:-1]):
         raise ValueError  # only the last entry repeats
     repeat = parts[-1].endswith(REPEAT)
+    if repeat and bracketed:
+        raise ValueError  # a list is exact; a rule repeats
     if repeat:
         parts[-1] = parts[-1][: -len(REPEAT)].strip()
     values = []
@@ -74,16 +81,17 @@ def _canonical_rule(text: str, low: float, high: float) -> float | str:
             values.append(_number(float(p), low, high))
         except (ValueError, OverflowError):
             raise ValueError from None
-    if len(values) == 1 and not repeat:
+    if len(values) == 1 and not repeat and not bracketed:
         return values[0]
-    return ",".join(_fmt(v) for v in values) + (REPEAT if repeat else "")
+    body = ",".join(_fmt(v) for v in values)
+    return body + REPEAT if repeat else f"[{body}]"
 
 
 def _entries(value: float | str) -> tuple[list[float], bool]:
     if isinstance(value, (int, float)):
         return [float(value)], True
     repeat = value.endswith(REPEAT)
-    body = value[: -len(REPEAT)] if repeat else value
+    body = value[: -len(REPEAT)] if repeat else value.strip("[]")
     return [float(p) for p in body.split(",")], repeat
 
 
