@@ -192,3 +192,17 @@ def test_dropout_runs_train_alone_and_refuse_to_fuse():
     assert [len(g) for g in fuse_groups(runs + runs_of({}), True)] == [1, 1, 1, 1, 4]
     with pytest.raises(ValueError, match="may not use fp16 or dropout"):
         FusedTrainer(runs, data)
+
+
+def test_a_block_trains_runs_by_steps_to_their_last_partial_epoch():
+    data = load_tensors(DATA)
+    runs = runs_of({"steps": 20, "batch_size": 32}) + [
+        BASE | {"epochs": 2, "batch_size": 32, "seed": 0, "run_key": "by-epochs"}]
+    epochs_seen = []
+    final = train_block(runs, data, device="cpu", fuse=True, report=lambda e, r:
+                        epochs_seen.append(e))
+    assert epochs_seen == [1, 2, 3]
+    assert final["by-epochs"].status == "completed" and len(final["by-epochs"].history) == 2
+    for r in runs[:-1]:
+        b = final[r["run_key"]]
+        assert b.status == "completed" and b.history[-1]["step"] == 20 and b.fused == 4
