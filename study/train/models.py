@@ -55,8 +55,8 @@ class MaskSource:
         return None if self.gen is None else self.gen.get_state()
 
     def set_state(self, device: torch.device, state: torch.Tensor | None) -> None:
-        if state is not None:
-            self.generator(device).set_state(state)
+        if state is not None:  # a checkpoint loaded onto a GPU moved it: states stay on the CPU
+            self.generator(device).set_state(state.cpu())
 
 
 class SeededDropout(nn.Module):

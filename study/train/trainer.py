@@ -25,8 +25,8 @@ from torch import nn
 from study.data.load import TensorData
 from study.train.models import MaskSource, build_model, model_stats
 
-__all__ = ["RunOutcome", "Trainer", "evaluate", "planned_epochs", "steps_per_epoch",
-           "train_run"]
+__all__ = ["RunOutcome", "Trainer", "evaluate", "planned_epochs", "step_count",
+           "steps_in_epoch", "steps_per_epoch", "train_run"]
 
 BATCH_ORDER_SEED_OFFSET = 7_919  # batch-order generator seed = run seed + this
 EVAL_BATCH = 2048  # examples per forward pass when evaluating
