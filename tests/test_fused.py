@@ -40,6 +40,12 @@ def assert_close(a, b, tol=TOL):
     {"norm": "none", "fc_layers": 1, "fc_bias_init": 0.5},
     {"optimizer": "adam", "lr": 0.01, "weight_decay": 1e-3},
     {"residual": True, "branch_init": "zero", "init": "xavier"},
+    # the classic net's knobs: kernel, stride, no pooling, flattened head, trunc_normal,
+    # per-layer bias constants, training by steps (the last epoch partial)
+    {"kernel": 5, "stride": 2, "pool": "none", "flatten": True, "norm": "none",
+     "fc_layers": 1, "init": "trunc_normal", "init_std": 0.05, "bias_init": "[0,1,1]",
+     "fc_bias_init": "[1,0]", "steps": 20, "batch_size": 32, "momentum": 0.0},
+    {"kernel": 1, "pool": "avg", "bias_init": "0,1...", "steps": 9, "batch_size": 64},
 ])
 def test_fused_runs_equal_separate_runs(extra):
     torch.set_num_threads(1)
@@ -167,3 +173,36 @@ def test_a_failing_run_in_a_fused_block_fails_alone(tmp_path):
     assert all(b.status == "completed" and len(b.history) == 3 for b in others)
     reference = train_run(runs[0], data)
     assert_close(final[runs[0]["run_key"]].history, reference.history)
+
+
+def test_steps_stop_at_the_count_and_fused_runs_too():
+    data = load_tensors(DATA)
+    runs = runs_of({"steps": 20, "batch_size": 32})
+    assert len(data.x_train) // 32 == 6 and len(data.x_train) % 32 >= 2  # 7 steps a pass
+    fused = FusedTrainer(runs, data)
+    while not fused.done:
+        fused.epoch()
+    for o in fused.outcomes:  # 3 epochs: 7 + 7 + 6 steps
+        assert [h["step"] for h in o.history] == [7, 14, 20]
+
+
+def test_dropout_runs_train_alone_and_refuse_to_fuse():
+    data = load_tensors(DATA)
+    runs = runs_of({"dropout": 0.5, "fc_layers": 1})
+    assert [len(g) for g in fuse_groups(runs + runs_of({}), True)] == [1, 1, 1, 1, 4]
+    with pytest.raises(ValueError, match="may not use fp16 or dropout"):
+        FusedTrainer(runs, data)
+
+
+def test_a_block_trains_runs_by_steps_to_their_last_partial_epoch():
+    data = load_tensors(DATA)
+    runs = runs_of({"steps": 20, "batch_size": 32}) + [
+        BASE | {"epochs": 2, "batch_size": 32, "seed": 0, "run_key": "by-epochs"}]
+    epochs_seen = []
+    final = train_block(runs, data, device="cpu", fuse=True, report=lambda e, r:
+                        epochs_seen.append(e))
+    assert epochs_seen == [1, 2, 3]
+    assert final["by-epochs"].status == "completed" and len(final["by-epochs"].history) == 2
+    for r in runs[:-1]:
+        b = final[r["run_key"]]
+        assert b.status == "completed" and b.history[-1]["step"] == 20 and b.fused == 4

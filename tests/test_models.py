@@ -117,3 +117,166 @@ def test_residual_depth_20_trains():
     losses = [h["train_loss"] for h in out.history]
     assert losses[-1] < 0.25 * losses[0]
     assert out.final["val_accuracy"] > 0.8  # 10 classes: chance is 0.1
+
+
+# ------------------------------------------------------------------ kernel, stride, head
+
+@pytest.mark.parametrize("size", [5, 7, 8, 27, 28])
+@pytest.mark.parametrize("kernel, stride", [(1, 1), (3, 2), (5, 2), (5, 3), (7, 4), (11, 1)])
+def test_same_padding_keeps_ceil_size_over_stride(size, kernel, stride):
+    m = build_model(run_of(depth=2, width=3, kernel=kernel, stride=stride, pool="none"),
+                    (1, size, size + 1), 10)
+    sizes = []
+    for u in m.units:
+        u.register_forward_hook(lambda mod, i, o: sizes.append(tuple(o.shape[2:])))
+    m(torch.randn(2, 1, size, size + 1))
+    s1 = (-(-size // stride), -(-(size + 1) // stride))
+    s2 = (-(-s1[0] // stride), -(-s1[1] // stride))
+    assert sizes == [s1, s2]
+
+
+def test_same_padding_matches_tensorflow_on_the_classic_net():
+    """TensorFlow's SAME at 28 -> 14 with a 5x5 kernel pads 1 before and 2 after: with a
+    kernel that only reads its top-left tap, output (0, 0) is input (-1, -1) = padding."""
+    unit = build_model(run_of(depth=1, width=1, kernel=5, stride=2, pool="none", bias=False),
+                       (1, 28, 28), 10).units[0]
+    with torch.no_grad():
+        unit.conv.weight.zero_()
+        unit.conv.weight[0, 0, 0, 0] = 1.0  # reads input (2i - 1, 2j - 1)
+    x = torch.arange(1.0, 28 * 28 + 1).view(1, 1, 28, 28)
+    out = unit(x)[0, 0]
+    assert out.shape == (14, 14) and out[0, 0] == 0 and out[1, 1] == x[0, 0, 1, 1]
+
+
+def test_the_classic_net_has_its_published_shape():
+    run = run_of(depth=2, width=16, kernel=5, stride=2, pool="none", flatten=True,
+                 fc_layers=1, fc_width=64, norm="none")
+    m = build_model(run, (1, 28, 28), 10)
+    shapes = {n: tuple(p.shape) for n, p in m.named_parameters()}
+    assert shapes == {"units.0.conv.weight": (16, 1, 5, 5), "units.0.conv.bias": (16,),
+                      "units.1.conv.weight": (16, 16, 5, 5), "units.1.conv.bias": (16,),
+                      "head.0.weight": (64, 7 * 7 * 16), "head.0.bias": (64,),
+                      "classifier.weight": (10, 64), "classifier.bias": (10,)}
+    assert model_stats(m, (1, 28, 28)).macs == (14 * 14 * 16 * 25 + 7 * 7 * 16 * 16 * 25
+                                                 + 784 * 64 + 64 * 10)
+
+
+@pytest.mark.parametrize("stride", [2, 3, 4])
+@pytest.mark.parametrize("pool", ["max", "avg", "none"])
+def test_strides_with_pools_are_valid_at_every_depth(stride, pool):
+    for shape in [(1, 8, 8), (3, 32, 32), (1, 3, 5)]:
+        for depth in (1, 2, 5, 12):
+            m = build_model(run_of(depth=depth, width=3, stride=stride, pool=pool,
+                                   flatten=True, fc_layers=1, fc_width=5), shape, 4)
+            assert m(torch.randn(2, *shape)).shape == (2, 4)
+
+
+# ------------------------------------------------------------------ init
+
+def test_trunc_normal_is_cut_at_two_std_and_seeded():
+    for std in (0.1, 0.02):
+        m = build_model(run_of(init="trunc_normal", init_std=std, depth=3, width=32,
+                               fc_layers=1), (1, 8, 8), 10)
+        w = torch.cat([p.flatten() for n, p in m.named_parameters() if n.endswith("weight")])
+        assert w.abs().max() <= 2 * std
+        assert abs(w.std().item() - 0.88 * std) < 0.05 * std  # a normal cut at 2 std
+    a = build_model(run_of(init="trunc_normal", seed=4), (1, 8, 8), 10)
+    b = build_model(run_of(init="trunc_normal", seed=4), (1, 8, 8), 10)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("bias_init, fc_bias_init, depth, fc_layers, conv, fc", [
+    ([0, 1.0], 1.0, 2, 1, [0, 1], [1, 1]),  # the classic net
+    ("0, 1...", "[1, 0]", 4, 1, [0, 1, 1, 1], [1, 0]),  # first 0, rest 1; AlexNet's FC
+    ("0, 1, 0, 1, 1, 0...", 0.0, 7, 0, [0, 1, 0, 1, 1, 0, 0], [0]),  # AlexNet's conv rule
+    ("0, 1, 0, 1, 1, 0...", "2...", 2, 2, [0, 1], [2, 2, 2]),
+    (0.25, "0.5, 0...", 3, 2, [0.25] * 3, [0.5, 0, 0]),
+])
+def test_per_layer_bias_constants(bias_init, fc_bias_init, depth, fc_layers, conv, fc):
+    run = run_of(bias_init=KNOBS["bias_init"].check(bias_init), depth=depth,
+                 fc_bias_init=KNOBS["fc_bias_init"].check(fc_bias_init), fc_layers=fc_layers)
+    m = build_model(run, (1, 8, 8), 10)
+    linears = [*(x for x in m.head if isinstance(x, torch.nn.Linear)), m.classifier]
+    assert [torch.unique(u.conv.bias).tolist() for u in m.units] == [[c] for c in conv]
+    assert [torch.unique(x.bias).tolist() for x in linears] == [[c] for c in fc]
+
+
+# ------------------------------------------------------------------ dropout
+
+def test_dropout_masks_are_seeded_by_the_run_and_leave_the_global_rng_alone():
+    x = torch.randn(8, 1, 8, 8)
+    kw = dict(depth=2, width=8, conv_dropout=0.3, dropout=0.5, fc_layers=1)
+    torch.manual_seed(0)
+    before = torch.rand(3)
+    torch.manual_seed(0)
+    outs = [build_model(run_of(seed=s, **kw), (1, 8, 8), 10)(x) for s in (1, 1, 2)]
+    assert torch.equal(before, torch.rand(3))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    m = build_model(run_of(seed=1, **kw), (1, 8, 8), 10).eval()
+    plain = build_model(run_of(seed=1, **kw | {"conv_dropout": 0.0, "dropout": 0.0}),
+                        (1, 8, 8), 10).eval()
+    assert torch.equal(m(x), plain(x))  # identity in eval mode, same weights
+
+
+# ------------------------------------------------------------------ the registry
+
+class TinyMLP(torch.nn.Module):
+    def __init__(self, inputs: int, width: int, classes: int) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(inputs, width),
+                                        torch.nn.ReLU(), torch.nn.Linear(width, classes))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def build_mlp(run, input_shape, num_classes):
+    torch.manual_seed(run["seed"])
+    c, h, w = input_shape
+    return TinyMLP(c * h * w, run["width"], num_classes)
+
+
+@pytest.fixture
+def mlp_family():
+    from study.spec import Family, register_family, unregister_family
+
+    register_family(Family("mlp", build_mlp, knobs=("width",), doc="a test family"))
+    yield
+    unregister_family("mlp")
+
+
+def test_a_second_family_registers_without_touching_the_parser(mlp_family):
+    from study.search.space import expand_runs
+    from study.spec import SpecError, parse_spec
+    from tests.conftest import tiny_spec
+
+    def mlp_spec(**over):
+        return tiny_spec(**{"model": {"name": "mlp", "width": 7}, "space": {"lr": {"log": [
+            0.01, 0.1]}}, "compare": {"momentum": [0.0, 0.9]}} | over)
+
+    spec = parse_spec(mlp_spec())
+    (run, *_) = expand_runs(spec, 0, {"lr": 0.05})
+    assert spec.model == "mlp" and run["model"] == "mlp"
+    data = load_tensors(spec.dataset)
+    model = build_model(run, data.input_shape, data.num_classes)
+    assert isinstance(model, TinyMLP) and model.body[1].out_features == 7
+    out = train_run(run, data)
+    assert out.status == "completed" and out.epochs == 2
+    assert out.macs == 64 * 7 + 7 * 10 and out.params == 64 * 7 + 7 + 7 * 10 + 10
+    with pytest.raises(SpecError, match=r"field `model.depth`: unknown key"):
+        parse_spec(mlp_spec(model={"name": "mlp", "depth": 3}))
+    with pytest.raises(SpecError, match=r"field `space.depth`: unknown key"):
+        parse_spec(mlp_spec(space={"depth": {"int": [1, 3]}}))
+    with pytest.raises(SpecError, match=r"field `compare.bias`: unknown key"):
+        parse_spec(mlp_spec(compare={"bias": [True, False]}))
+    with pytest.raises(SpecError, match=r"one of 'cnn', 'mlp'"):
+        parse_spec(mlp_spec(model="vgg"))
+
+
+def test_registering_a_taken_name_or_an_unknown_knob_fails(mlp_family):
+    from study.spec import Family, register_family
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_family(Family("mlp", build_mlp, knobs=()))
+    with pytest.raises(ValueError, match="not model knobs"):
+        register_family(Family("other", build_mlp, knobs=("lr", "nope")))

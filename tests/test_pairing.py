@@ -3,6 +3,7 @@ shared parameters, see the same batches in the same order, and only the factor d
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import study.train.trainer as train_mod
@@ -54,3 +55,74 @@ def test_arms_of_a_pair_share_init_and_batches(monkeypatch):
     assert len(b_on) == steps
     assert b_on == b_off  # same batches, same order
     assert b_on != b_other  # another seed, another order
+
+
+# The value each model knob takes in the parametrized pairing test below (its default is
+# tested too): a knob added to the cnn family without a value here fails the coverage test.
+KNOB_VALUES = {
+    "depth": 5, "width": 6, "kernel": 5, "stride": 2, "bias": False,
+    "bias_init": "0, 1, 0, 1, 1, 0...", "norm": "batch", "residual": True,
+    "branch_init": "zero", "init": "trunc_normal", "init_std": 0.05, "pool": "none",
+    "flatten": True, "conv_dropout": 0.2, "fc_layers": 2, "fc_width": 9, "fc_bias": False,
+    "fc_bias_init": "[1, 1, 0]", "dropout": 0.5,
+}
+# the arms a study can compare that keep the parameters shared (the factor is a bias)
+ARMS = [{"bias": True, "bias_init": 0.5}, {"bias": False}, {"bias_init": "0, 1..."},
+        {"bias_init": 1.0, "fc_bias_init": "2..."}, {"fc_bias": False},
+        {"fc_bias_init": 0.25}]
+
+
+def test_every_model_knob_is_covered_by_the_pairing_test():
+    from study.spec import FAMILIES
+
+    assert set(KNOB_VALUES) == set(FAMILIES["cnn"].knobs)
+
+
+def _run(**kw):
+    from study.spec import KNOBS
+
+    run = {k.name: k.default for k in KNOBS.values()} | {"seed": 11, "depth": 3, "width": 4}
+    for k, v in kw.items():
+        run[k] = KNOBS[k].check(v)
+    if run["stride"] > 1:
+        run["residual"] = False  # the spec refuses shortcuts with strides
+    return run
+
+
+@pytest.mark.parametrize("knob", sorted(KNOB_VALUES))
+def test_arms_share_every_initial_value_for_every_knob(knob):
+    base = {knob: KNOB_VALUES[knob]}
+    if knob in ("bias", "fc_bias", "bias_init", "fc_bias_init"):
+        base = {}  # these are the arms themselves
+    if knob == "fc_bias_init":
+        base = {"fc_layers": 2}
+    models = [build_model(_run(**base, **arm), (1, 12, 12), 10) for arm in ARMS]
+    for other in models[1:]:
+        pa, pb = dict(models[0].named_parameters()), dict(other.named_parameters())
+        shared = [n for n in pa if n in pb and (n.endswith("weight") or "norm" in n
+                                                 or n.endswith("gain"))]
+        assert shared and all(torch.equal(pa[n], pb[n]) for n in shared)
+        assert {n for n in pa if n.endswith("weight")} == {n for n in pb if
+                                                          n.endswith("weight")}
+
+
+@pytest.mark.parametrize("knob", ["dropout", "conv_dropout"])
+def test_arms_of_a_pair_draw_the_same_dropout_masks(knob):
+    data = load_tensors(parse_spec(tiny_spec()).dataset)
+    seen = {}
+    for name, arm in (("on", {"bias": True, "bias_init": 0.5}), ("off", {"bias": False}),
+                      ("seed", {"bias": False})):
+        run = _run(**{knob: 0.5, "fc_layers": 1, "epochs": 2, "batch_size": 32}, **arm)
+        run["seed"] = 12 if name == "seed" else 11
+        trainer = train_mod.Trainer(run, data)
+        shapes = []
+        for m in trainer.model.modules():
+            if type(m).__name__ == "SeededDropout":
+                m.register_forward_pre_hook(lambda mod, inp, s=shapes: s.append(inp[0].shape))
+        while not trainer.done:
+            trainer.epoch()
+        seen[name] = (shapes, trainer.masks.get_state())
+    # same seed, same shapes in the same order, same generator state: the same masks
+    assert seen["on"][0] and seen["on"][0] == seen["off"][0]
+    assert torch.equal(seen["on"][1], seen["off"][1])
+    assert not torch.equal(seen["on"][1], seen["seed"][1])

@@ -161,6 +161,21 @@ def test_numbers_out_of_bounds_name_the_bound(tmp_path, over, field, allowed):
 
 # ------------------------------------------------------------------ models that cannot fit
 
+@pytest.mark.parametrize("model", [
+    # a flattened 256x256 map into a 4096-unit layer: 5.5e10 weights in the head
+    {"name": "cnn", "width": 64, "pool": "none", "flatten": True, "fc_layers": 1,
+     "fc_width": 4096},
+    # 11x11 kernels at width 4096: 2e9 weights per layer
+    {"name": "cnn", "width": 4096, "kernel": 11},
+])
+def test_new_model_knobs_count_in_the_size_check(model):
+    raw = tiny_spec(model=model, dataset={"name": "synthetic", "samples": 100,
+                                          "image_size": 256})
+    msg = str(pytest.raises(SpecError, parse_spec, raw).value)
+    assert "model too large" in msg and "Allowed: at most 5e+07 parameters" in msg, msg
+    assert f"kernel {model.get('kernel', 3)} (" in msg
+
+
 def test_model_too_large_refused_with_numbers():
     raw = tiny_spec(model={"name": "cnn", "width": 4096},
                     space={"depth": {"int": [1, 64]}})
@@ -374,3 +389,121 @@ def test_bundled_specs_still_validate():
     r = _cli(*sorted(str(p) for p in SPECS.glob("*.yaml")))
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode().count("OK: ") == len(list(SPECS.glob("*.yaml")))
+
+
+# ------------------------------------------------------------------ the model knobs of issue 20
+
+def _cnn(**knobs) -> dict:
+    return {"name": "cnn", "width": 4, **knobs}
+
+
+LR = {"lr": {"log": [0.01, 0.1]}}  # a space without depth
+
+
+@pytest.mark.parametrize("over, field, allowed", [
+    *[({"model": _cnn(kernel=v)}, "model.kernel", "an odd integer from 1 to 11")
+      for v in (0, 2, 4, 13, 3.5, "3", True, -1)],
+    *[({"model": _cnn(stride=v)}, "model.stride", "an integer from 1 to 4")
+      for v in (0, 5, 1.5, "2", None)],
+    *[({"model": _cnn(**{k: v})}, f"model.{k}", "a number >= 0 and < 1")
+      for k in ("dropout", "conv_dropout") for v in (-0.1, 1.0, 2, "half", float("nan"))],
+    *[({"model": _cnn(init_std=v)}, "model.init_std", "a number from 0.0001 to 10")
+      for v in (0, -1, 11, float("inf"), "0.1x")],
+    *[({"model": _cnn(init=v)}, "model.init", "'trunc_normal'")
+      for v in ("truncated_normal", "normal", 0.1)],
+    *[({"model": _cnn(pool=v)}, "model.pool", "'none'") for v in ("stride", False)],
+    *[({"model": _cnn(**{k: v})}, f"model.{k}", "a rule such as '0, 1...'")
+      for k in ("bias_init", "fc_bias_init")
+      for v in ("0, x", "1..., 0", "", ",", "0,,1", [], [0, "a"], [0, [1]], "nan", "inf...",
+                "1e999", [True], {"conv1": 0}, "0; 1", [101], "x" * 2000, "[0, 1...]",
+                "[]", "[0", "0, 1]")],
+    *[({"train": {"steps": v}}, "train.steps", "an integer from 0 to 10000000")
+      for v in (-1, 1.5, 10**8, "1001")],
+    ({"space": {"kernel": {"int": [1, 7]}}}, "space.kernel", "odd values only"),
+    ({"space": {"kernel": {"int": [1, 7], "step": 1}}}, "space.kernel", "odd values only"),
+    ({"space": {"kernel": {"int": [2, 6], "step": 2}}}, "space.kernel.int[0]",
+     "an odd integer"),
+    ({"space": {"bias_init": {"float": [0, "0, 1..."]}}}, "space.bias_init.float[1]",
+     "a number"),
+])
+def test_bad_model_knob_values_refused(over, field, allowed):
+    with pytest.raises(SpecError) as ei:
+        parse_spec(tiny_spec(**over), source="s.yaml")
+    msg = str(ei.value)
+    assert msg.startswith("s.yaml: ") and f"field `{field}`" in msg, msg
+    assert "Allowed: " in msg and allowed in msg, msg
+    assert len(msg) < 700
+
+
+@pytest.mark.parametrize("over, field, allowed", [
+    # one constant per layer, for every depth the study can build
+    ({"model": _cnn(depth=2, bias_init=[0, 1, 1]), "space": LR}, "model.bias_init",
+     "one constant per conv layer: 2 here (depth at model.depth)"),
+    ({"model": _cnn(bias_init=[0, 1])}, "model.bias_init",
+     "1 or 2 or 3 here (depth at space.depth)"),
+    ({"model": _cnn(depth=2), "space": LR, "compare": {"bias_init": [0.0, "0, 1, 0"]}},
+     "compare.bias_init", "one constant per conv layer: 2 here"),
+    ({"model": _cnn(fc_layers=1, fc_bias_init=[1, 0, 0])}, "model.fc_bias_init",
+     "one constant per fully connected layer"),
+    # steps and epochs are two answers to one question
+    ({"train": {"epochs": 2, "steps": 100}}, "train.steps", "either `epochs` (train.epochs)"),
+    ({"train": {"steps": 100}, "space": {"epochs": {"int": [1, 3]}}}, "train.steps",
+     "not both"),
+    ({"train": {"steps": 100}, "search": {"scheduler": "asha", "trials": 2}},
+     "search.scheduler", "fifo when training by `steps`"),
+    # identity shortcuts need the map size unchanged
+    ({"model": _cnn(residual=True, stride=2)}, "model.stride", "stride 1 when `residual`"),
+    ({"model": _cnn(stride=2), "compare": {"residual": [True, False]}}, "model.stride",
+     "compare.residual"),
+    # dropout masks come from each run's generator: not fusable
+    ({"model": _cnn(dropout=0.5), "train": {"epochs": 2, "fuse": "on"}}, "train.fuse",
+     "auto or off with dropout > 0 (model.dropout)"),
+    ({"space": {"conv_dropout": {"float": [0, 0.3]}}, "train": {"epochs": 1, "fuse": True}},
+     "train.fuse", "conv_dropout > 0 (space.conv_dropout)"),
+])
+def test_conflicting_model_and_train_knobs_refused(over, field, allowed):
+    raw = tiny_spec(**over)
+    if "train" in over:
+        raw["train"] = {"batch_size": 32, **over["train"]}
+    with pytest.raises(SpecError) as ei:
+        parse_spec(raw, source="s.yaml")
+    msg = str(ei.value)
+    assert msg.startswith("s.yaml: ") and f"field `{field}`" in msg, msg
+    assert "Allowed: " in msg and allowed in msg, msg
+
+
+@pytest.mark.parametrize("model, name", [
+    ("resnet50", "'resnet50'"), ({"name": "mlp"}, "'mlp'"), ({"name": 3}, "3"),
+    ({"name": ""}, "''"),
+])
+def test_unknown_model_family_refused_with_the_known_ones(model, name):
+    with pytest.raises(SpecError) as ei:
+        parse_spec(tiny_spec(model=model), source="s.yaml")
+    msg = str(ei.value)
+    assert "field `model.name`" in msg and name in msg and "Allowed: one of 'cnn'" in msg, msg
+
+
+@pytest.mark.parametrize("value, canonical", [
+    (0.5, 0.5), (1, 1.0), ("0.25", 0.25), ([0, 1.0], "[0,1]"), ("0, 1", "[0,1]"),
+    ("[0, 1]", "[0,1]"), ("0, 1...", "0,1..."), (" 0 ,1, 0 , 1,1, 0 ... ", "0,1,0,1,1,0..."),
+    ("1e-2...", "0.01..."), ([-0.5], "[-0.5]"), ("[2.5]", "[2.5]"),
+])
+def test_per_layer_constants_are_kept_in_one_canonical_form(value, canonical):
+    depth = 1 if canonical in ("[-0.5]", "[2.5]") else 2
+    spec = parse_spec(tiny_spec(model=_cnn(bias_init=value),
+                                space={"depth": {"int": [depth, depth]}}))
+    got = spec.fixed["bias_init"]
+    assert got == canonical and type(got) is type(canonical)
+
+
+@pytest.mark.parametrize("level", ["0,1,0,1,1,0...", "[0,1]", "[" + ",".join(["0.5"] * 64) + "]",
+                                   "a\\nb", "x" * 300])
+def test_compared_levels_become_mlflow_safe_key_parts(level):
+    """A per-layer rule compared as a level names a parent-run tag: MLflow refuses keys with
+    commas or brackets, and keys over 250 characters."""
+    from study.tracking.writer import key_part
+
+    part = key_part(level)
+    assert len(part) <= 100 and all(ch.isalnum() or ch in "_-. :/" for ch in part)
+    assert part != key_part(level + "0")  # distinct levels, distinct keys
+    assert key_part("0.01") == "0.01" and key_part(False) == "False"  # as before

@@ -103,3 +103,42 @@ def test_mixed_precision_trains_and_records_its_state():
         assert out.status == "completed"
         assert out.final["train_loss"] < out.history[0]["train_loss"]
         assert strip_times(out.history) != strip_times(fp32.history)  # it did take effect
+
+
+def test_training_by_steps_logs_every_pass_and_stops_at_the_count():
+    data = load_tensors(DATA)
+    n = len(data.x_train)
+    steps_seen = []
+    run = BASE | {"steps": 13, "batch_size": 50}
+    out = train_run(run, data, on_epoch=lambda m, o, snap: steps_seen.append(m["step"]))
+    per = n // 50 + (n % 50 >= 2)
+    assert 2 * per < 13 < 3 * per  # a partial last epoch
+    assert [h["epoch"] for h in out.history] == [1, 2, 3]
+    assert steps_seen == [per, 2 * per, 13]
+    # the same batches as training by epochs, up to the step count
+    by_epochs = train_run(BASE | {"epochs": 2, "batch_size": 50}, data)
+    assert strip_times(by_epochs.history) == [
+        {k: v for k, v in h.items() if k != "step"} for h in strip_times(out.history[:2])]
+    assert "step" not in by_epochs.final
+
+
+def test_resume_by_steps_and_with_dropout_gives_the_same_numbers():
+    torch.set_num_threads(1)
+    data = load_tensors(DATA)
+    run = BASE | {"steps": 13, "batch_size": 50, "dropout": 0.5, "conv_dropout": 0.2,
+                  "fc_layers": 1}
+    straight = train_run(run, data)
+    states = {}
+
+    def keep(m, o, snap):
+        if m["epoch"] == 1:
+            states["s"] = snap()
+            raise KeyboardInterrupt  # the worker dies after epoch 1
+
+    with contextlib.suppress(KeyboardInterrupt):
+        train_run(run, data, on_epoch=keep)
+    assert states["s"]["masks"] is not None
+    resumed = train_run(run, data, start_state=states["s"])
+    assert strip_times(resumed.history) == strip_times(straight.history)
+    other = train_run(run | {"dropout": 0.3}, data)
+    assert strip_times(other.history) != strip_times(straight.history)  # dropout acts

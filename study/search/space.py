@@ -91,6 +91,7 @@ def expand_runs(spec: StudySpec, config: int, params: Mapping[str, Any]) -> list
                 knobs.setdefault(k, _default(k))
             runs.append({
                 **knobs,
+                "model": spec.model,  # the family build_model builds
                 "seed": seed,
                 "config": config,
                 "level": level,

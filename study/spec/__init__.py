@@ -6,10 +6,12 @@ allowed. The package imports no torch, Ray, Optuna or MLflow. Its modules, in th
 spec is read: ``yaml_reader`` (bounded YAML), ``load`` (file, overrides, sections),
 ``context`` (typed field readers), ``knobs`` (every knob and limit), one module per section
 (``sections``, ``distributions``, ``dataset``, ``storage``), ``size_check`` with
-``footprint`` (the worst-case model size), and ``model`` (the frozen result).
+``footprint`` (the worst-case model size), ``families`` (the model registry),
+``layer_values`` (per-layer constants) and ``model`` (the frozen result).
 """
 
 from study.errors import SpecError
+from study.spec.families import FAMILIES, Family, register_family, unregister_family
 from study.spec.knobs import (
     DATASETS,
     FASHION_MNIST_DIR,
@@ -17,7 +19,6 @@ from study.spec.knobs import (
     KNOBS,
     LIMITS,
     METRICS,
-    MODELS,
     NAME_PATTERN,
     SAMPLERS,
     Knob,
@@ -27,8 +28,9 @@ from study.spec.model import DatasetSpec, Dist, StudySpec
 from study.spec.storage import STORAGE_ENV, resolve_storage, resolve_tracking_uri
 
 __all__ = [
-    "DATASETS", "FASHION_MNIST_DIR", "FUSE_MODES", "KNOBS", "LIMITS", "METRICS", "MODELS",
-    "NAME_PATTERN", "SAMPLERS", "STORAGE_ENV", "DatasetSpec", "Dist", "Knob", "SpecError",
+    "DATASETS", "FASHION_MNIST_DIR", "FUSE_MODES", "KNOBS", "LIMITS", "METRICS",
+    "FAMILIES", "NAME_PATTERN", "SAMPLERS", "STORAGE_ENV", "DatasetSpec", "Dist", "Family", "Knob",
+    "SpecError",
     "StudySpec", "apply_overrides", "load_spec", "load_yaml_text", "parse_spec",
-    "resolve_storage", "resolve_tracking_uri",
+    "register_family", "resolve_storage", "resolve_tracking_uri", "unregister_family",
 ]

@@ -14,7 +14,8 @@ import zlib
 from pathlib import Path
 
 __all__ = ["BYTES_PER_VALUE", "MAX_ACTIVATION_BYTES", "MAX_PARAMS", "activation_values",
-           "file_input_shape", "param_count", "pool_positions"]
+           "conv_size", "file_input_shape", "final_map", "param_count", "pool_positions",
+           "same_padding"]
 
 # 5e7 parameters: 200 MB of fp32 weights, 0.8 GB per run with gradients and Adam's two
 # moments; 250x the largest bundled model, on the order of a ResNet-50 (2.6e7).
@@ -25,26 +26,62 @@ MAX_ACTIVATION_BYTES = 8 * 2**30
 BYTES_PER_VALUE = 4  # fp32 (autocast to bf16/fp16 keeps some at 2: this is the bound)
 
 
-def pool_positions(depth: int, size: int) -> list[int]:
+def conv_size(size: int, stride: int) -> int:
+    """Side of a conv's output with SAME padding: ceil(size / stride)."""
+    return -(-size // stride)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """(before, after) padding of one side, as TensorFlow's SAME: the extra pixel after."""
+    total = max((conv_size(size, stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def pool_positions(depth: int, size: int, stride: int = 1, pool: str = "max") -> list[int]:
     """Indices of the conv layers after which a 2x2 pool halves the feature map.
 
     As many halvings as keep the map at least 2x2 (at most depth - 1), spread evenly over the
-    depth, never after the last layer: every depth >= 1 is valid on every input size.
+    depth, never after the last layer: every depth >= 1 is valid on every input size. With
+    strided convs a pool goes only where the map is still at least 2x2; `pool: none`: no pools.
     """
+    if pool == "none":
+        return []
     n_down = max(0, min(depth - 1, int(math.floor(math.log2(max(size, 1)))) - 1))
-    return [round((s + 1) * depth / (n_down + 1)) - 1 for s in range(n_down)]
+    spots = [round((s + 1) * depth / (n_down + 1)) - 1 for s in range(n_down)]
+    if stride == 1:
+        return spots
+    out, side = [], size
+    for i in range(depth):
+        side = conv_size(side, stride)
+        if i in spots and side >= 2:
+            out.append(i)
+            side //= 2
+    return out
+
+
+def final_map(depth: int, height: int, width_px: int, stride: int = 1,
+              pool: str = "max") -> tuple[int, int]:
+    """(height, width) of the last conv layer's feature map."""
+    pools = set(pool_positions(depth, min(height, width_px), stride, pool))
+    h, w = height, width_px
+    for i in range(depth):
+        h, w = conv_size(h, stride), conv_size(w, stride)
+        if i in pools:
+            h, w = h // 2, w // 2
+    return h, w
 
 
 def param_count(*, in_channels: int, classes: int, depth: int, width: int, bias: bool,
                 norm: str, residual: bool, zero_gain: bool, fc_layers: int, fc_width: int,
-                fc_bias: bool) -> int:
-    """Trainable parameters of the `cnn` model these knobs build."""
-    per_unit = 9 * width * width + (width if bias else 0) + (2 * width if norm == "batch"
-                                                             else 0)
-    first = 9 * in_channels * width + (width if bias else 0) + (2 * width if norm == "batch"
-                                                                else 0)
+                fc_bias: bool, kernel: int = 3, head_in: int | None = None) -> int:
+    """Trainable parameters of the `cnn` model these knobs build; `head_in`: the values the
+    head reads (width, or with `flatten` width x the last map's area, see final_map)."""
+    k2 = kernel * kernel
+    extra = (width if bias else 0) + (2 * width if norm == "batch" else 0)
+    per_unit = k2 * width * width + extra
+    first = k2 * in_channels * width + extra
     gains = (depth - 1) if residual and zero_gain else 0
-    fcs, fan_in = 0, width
+    fcs, fan_in = 0, width if head_in is None else head_in
     for _ in range(fc_layers):
         fcs += fan_in * fc_width + (fc_width if fc_bias else 0)
         fan_in = fc_width
@@ -54,24 +91,33 @@ def param_count(*, in_channels: int, classes: int, depth: int, width: int, bias:
 
 def activation_values(*, in_channels: int, height: int, width_px: int, depth: int,
                       width: int, norm: str, residual: bool, zero_gain: bool,
-                      fc_layers: int, fc_width: int, classes: int) -> int:
+                      fc_layers: int, fc_width: int, classes: int, kernel: int = 3,
+                      stride: int = 1, pool: str = "max", flatten: bool = False,
+                      conv_dropout: float = 0.0, dropout: float = 0.0) -> int:
     """Values one example keeps for the backward pass (an estimate from above).
 
-    Per conv unit: the conv output, the norm output, the ReLU output and, with a shortcut,
-    the scaled branch and the sum; per pool its output; the input and the head."""
+    Per conv unit: with a stride its padded input, the conv output, the norm output, the
+    ReLU output, a dropout mask and, with a shortcut, the scaled branch and the sum; per pool
+    its output; the input and the head (and the classifier's dropout mask)."""
     h, w = height, width_px
-    kept = 2 + (norm == "batch")  # conv, norm, ReLU outputs of every unit
-    shortcut = (1 + zero_gain) if residual else 0  # scaled branch and sum, units after the 1st
-    values, start = in_channels * h * w, 0
-    pools = pool_positions(depth, min(height, width_px))
-    for end in [p + 1 for p in pools] + [depth]:  # one stage per feature map size
-        units = end - start
-        values += (kept * units + shortcut * (units - (start == 0))) * width * h * w
-        if end < depth:  # a pool after the stage
+    kept = 2 + (norm == "batch") + (conv_dropout > 0)
+    shortcut = (1 + zero_gain) if residual and stride == 1 else 0  # units after the 1st
+    values, cin = in_channels * h * w, in_channels
+    pools = set(pool_positions(depth, min(height, width_px), stride, pool))
+    for i in range(depth):
+        if stride > 1:  # the padded copy of the input the conv keeps
+            values += cin * (h + sum(same_padding(h, kernel, stride))) * \
+                (w + sum(same_padding(w, kernel, stride)))
+            h, w = conv_size(h, stride), conv_size(w, stride)
+        values += (kept + (shortcut if i > 0 else 0)) * width * h * w
+        if i in pools:
             h, w = h // 2, w // 2
             values += width * h * w
-        start = end
-    return values + width + 2 * fc_layers * fc_width + classes
+        cin = width
+    head_in = width * h * w if flatten else width
+    classifier_in = fc_width if fc_layers else head_in
+    return values + head_in + 2 * fc_layers * fc_width + classes + \
+        (classifier_in if dropout > 0 else 0)
 
 
 def file_input_shape(name: str, path: str) -> tuple[int, int, int] | None:

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from study.spec.layer_values import LayerValues, describe
+
 # --------------------------------------------------------------------------------------
 # Knobs: every hyperparameter a run takes, with its type and allowed values. A knob can be
 # fixed (in `model:` or `train:`), searched (in `space:`) or compared (in `compare:`).
@@ -18,20 +20,24 @@ from typing import Any
 class Knob:
     name: str
     section: str  # "model" or "train"
-    kind: type  # bool, int, float or str
+    kind: type  # bool, int, float, str or LayerValues (a number or per-layer constants)
     default: Any
     doc: str
     choices: tuple[str, ...] | None = None
     low: float | None = None  # inclusive lower bound (every int and float knob has both)
     high: float | None = None  # upper bound
     high_inclusive: bool = True
+    odd: bool = False  # int knobs: odd values only (kernel sizes)
 
     def allowed(self) -> str:
         if self.kind is bool:
             return "true or false"
+        if self.kind is LayerValues:
+            return describe(self.low, self.high)
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
-        what = {int: "an integer", float: "a number"}[self.kind]
+        what = {int: "an odd integer" if self.odd else "an integer", float: "a number"}[
+            self.kind]
         if self.low is not None and self.high is not None:
             if self.high_inclusive:
                 return f"{what} from {fmt_number(self.low)} to {fmt_number(self.high)}"
@@ -47,6 +53,8 @@ class Knob:
                     self.kind is str and value not in (self.choices or ())):
                 raise ValueError
             return value
+        if self.kind is LayerValues:
+            return LayerValues.check(value, self.low, self.high)
         value = self._number(value)
         if self.low is not None and value < self.low:
             raise ValueError
@@ -62,6 +70,8 @@ class Knob:
             raise ValueError
         if self.kind is int:
             if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if self.odd and int(value) % 2 == 0:
                 raise ValueError
             return int(value)
         try:
@@ -82,19 +92,34 @@ def _knobs(*knobs: Knob) -> dict[str, Knob]:
 KNOBS: dict[str, Knob] = _knobs(
     # --- model: the `cnn` family ---
     # 2048 covers ResNet-1202 (He et al. 2016)
-    Knob("depth", "model", int, 4, "number of 3x3 conv layers", low=1, high=2048),
+    Knob("depth", "model", int, 4, "number of conv layers", low=1, high=2048),
     # 4096: 6x the widest Wide ResNet stage (640 channels)
     Knob("width", "model", int, 16, "channels of every conv layer", low=1, high=4096),
+    # 11: AlexNet's first layer; odd so that SAME padding is symmetric at stride 1
+    Knob("kernel", "model", int, 3, "side of every conv kernel, in pixels", low=1, high=11,
+         odd=True),
+    # 4: AlexNet's first layer; larger strides skip pixels the kernel never sees
+    Knob("stride", "model", int, 1, "stride of every conv layer (SAME padding: the map "
+         "shrinks to ceil(size / stride))", low=1, high=4),
     Knob("bias", "model", bool, True, "conv layers have a bias"),
     # the folklore's constants are 0 to 1; past +-100 every ReLU starts saturated or dead
-    Knob("bias_init", "model", float, 0.0, "constant the conv biases start at", low=-100.0,
-         high=100.0),
+    Knob("bias_init", "model", LayerValues, 0.0, "constants the conv biases start at",
+         low=-100.0, high=100.0),
     Knob("norm", "model", str, "none", "normalization after each conv", choices=("none", "batch")),
     Knob("residual", "model", bool, False, "identity shortcut around each conv after the first"),
     Knob("branch_init", "model", str, "default", "residual branch scale at init: 'zero' is a "
          "learnable gain starting at 0 (SkipInit)", choices=("default", "zero")),
-    Knob("init", "model", str, "kaiming", "weight init", choices=("kaiming", "xavier", "default")),
-    Knob("pool", "model", str, "max", "2x2 downsampling between stages", choices=("max", "avg")),
+    Knob("init", "model", str, "kaiming", "weight init",
+         choices=("kaiming", "xavier", "default", "trunc_normal")),
+    # 10: weights of std 10 saturate any net; the classic value is 0.1
+    Knob("init_std", "model", float, 0.1, "standard deviation of init: trunc_normal "
+         "(a normal cut at 2 standard deviations)", low=1e-4, high=10.0),
+    Knob("pool", "model", str, "max", "2x2 downsampling between stages ('none': only "
+         "strides downsample)", choices=("max", "avg", "none")),
+    Knob("flatten", "model", bool, False, "the head reads the flattened last feature map "
+         "(false: its global average)"),
+    Knob("conv_dropout", "model", float, 0.0, "dropout rate after every conv layer", low=0.0,
+         high=1.0, high_inclusive=False),
     # 64: CNN heads have 0 to 2 hidden layers (VGG: 2)
     Knob("fc_layers", "model", int, 0, "hidden fully connected layers before the classifier",
          low=0, high=64),
@@ -102,12 +127,17 @@ KNOBS: dict[str, Knob] = _knobs(
     Knob("fc_width", "model", int, 64, "units of each hidden fully connected layer", low=1,
          high=65536),
     Knob("fc_bias", "model", bool, True, "fully connected layers have a bias"),
-    # as bias_init
-    Knob("fc_bias_init", "model", float, 0.0, "constant the fully connected biases start at",
-         low=-100.0, high=100.0),
+    # as bias_init; the layers are the hidden ones, then the classifier
+    Knob("fc_bias_init", "model", LayerValues, 0.0, "constants the fully connected biases "
+         "start at (hidden layers, then the classifier)", low=-100.0, high=100.0),
+    Knob("dropout", "model", float, 0.0, "dropout rate of the classifier's input", low=0.0,
+         high=1.0, high_inclusive=False),
     # --- train ---
     # 10000: 50x a long CIFAR-10 schedule (200 epochs)
     Knob("epochs", "train", int, 10, "passes over the training split", low=1, high=10_000),
+    # 10^7: 100x a long ImageNet schedule in steps; 0 trains by epochs
+    Knob("steps", "train", int, 0, "optimizer steps, then stop (0: train by epochs)", low=0,
+         high=10_000_000),
     # 65536: the largest batches in the literature (large-batch ImageNet, 64k)
     Knob("batch_size", "train", int, 64, "examples per step", low=1, high=65536),
     Knob("optimizer", "train", str, "sgd", "optimizer", choices=("sgd", "adam")),
@@ -121,7 +151,6 @@ KNOBS: dict[str, Knob] = _knobs(
          choices=("fp32", "bf16", "fp16")),
 )
 
-MODELS = ("cnn",)
 FUSE_MODES = ("auto", "on", "off")
 DATASETS = ("digits", "synthetic", "npz", "idx", "fashion-mnist", "cifar10")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist

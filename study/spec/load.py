@@ -13,6 +13,8 @@ from study.spec import yaml_reader as spec_yaml
 from study.spec.context import Context, shorthand, shown
 from study.spec.dataset import parse_dataset
 from study.spec.distributions import parse_space
+from study.spec.families import FAMILIES
+from study.spec.knob_rules import check_knob_rules
 from study.spec.knobs import NAME_RE
 from study.spec.model import StudySpec
 from study.spec.sections import (
@@ -121,14 +123,17 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     dataset = parse_dataset(c, top.get("dataset", "digits"), check_paths)
     knobs = parse_fixed(c, top.get("model", "cnn"), top.get("train"))
     compare_knob, levels = parse_compare(c, top.get("compare"), knobs)
-    space = parse_space(c, top.get("space"), knobs.fixed_from, compare_knob, knobs.values.get)
+    space = parse_space(c, top.get("space"), knobs.fixed_from, compare_knob, knobs.values.get,
+                        knobs.allowed)
     # the fixed knobs: every one not searched or compared
     fixed = {k: v for k, v in knobs.values.items() if k not in space and k != compare_knob}
     repeats = c.integer("repeats", top.get("repeats", 1))
     search = parse_search(c, top.get("search"), searched=bool(space))
     check_run_count(c, search.trials, len(levels) or 1, repeats)
-    check_footprint(c, Candidates(fixed, knobs.fixed_from, space, compare_knob, levels),
-                     dataset, check_paths)
+    cand = Candidates(fixed, knobs.fixed_from, space, compare_knob, levels)
+    check_knob_rules(c, cand, search.scheduler, knobs.fuse)
+    if FAMILIES[knobs.model].size_checked:
+        check_footprint(c, cand, dataset, check_paths)
     metric, mode = parse_metric(c, top.get("metric", "val_accuracy"))
     verdict = parse_verdict(c, top.get("verdict"), compare_knob, space)
     cpu, gpu = parse_resources(c, top.get("resources"))

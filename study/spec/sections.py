@@ -8,28 +8,33 @@ from dataclasses import dataclass
 from typing import Any
 
 from study.spec.context import Context
-from study.spec.knobs import FUSE_MODES, KNOBS, LIMITS, METRICS, MODELS, SAMPLERS, fmt_number
+from study.spec.families import FAMILIES
+from study.spec.knobs import FUSE_MODES, KNOBS, LIMITS, METRICS, SAMPLERS, fmt_number
 from study.spec.model import Dist
 
 
 @dataclass(frozen=True)
 class _FixedKnobs:
     """`model:` and `train:`: the model family, the fuse mode, and every knob's value
-    (its default where not set) with the field each set one came from."""
+    (its default where not set) with the field each set one came from; `allowed`: the
+    knobs this family's runs read (its model knobs and every train knob)."""
 
     model: str
     fuse: str
     values: dict[str, Any]
     fixed_from: dict[str, str]
+    allowed: tuple[str, ...]
 
 
 def parse_fixed(c: Context, model_raw: Any, train_raw: Any) -> _FixedKnobs:
-    """`model: cnn` or {name: cnn, <model knobs>}; `train:` {<train knobs>, fuse}."""
-    model_knobs = [k.name for k in KNOBS.values() if k.section == "model"]
+    """`model: cnn` or {name: FAMILY, <its model knobs>}; `train:` {<train knobs>, fuse}."""
     if isinstance(model_raw, str):
         model_raw = {"name": model_raw}
+    name = model_raw.get("name", "cnn") if isinstance(model_raw, Mapping) else "cnn"
+    model = c.string("model.name", name, list(FAMILIES))  # the error lists the known ones
+    model_knobs = list(FAMILIES[model].knobs)
     model_map = c.mapping("model", model_raw, ["name", *model_knobs])
-    model = c.string("model.name", model_map.pop("name", "cnn"), MODELS)
+    model_map.pop("name", None)
     train_knobs = [k.name for k in KNOBS.values() if k.section == "train"]
     train_map = c.mapping("train", train_raw, [*train_knobs, "fuse"])
     fuse_raw = train_map.pop("fuse", "auto")
@@ -42,7 +47,7 @@ def parse_fixed(c: Context, model_raw: Any, train_raw: Any) -> _FixedKnobs:
         for k, v in m.items():
             values[k] = c.knob_value(f"{section}.{k}", KNOBS[k], v)
             fixed_from[k] = f"{section}.{k}"
-    return _FixedKnobs(model, fuse, values, fixed_from)
+    return _FixedKnobs(model, fuse, values, fixed_from, (*model_knobs, *train_knobs))
 
 
 def parse_compare(c: Context, value: Any, knobs: _FixedKnobs) -> tuple[str | None, tuple[Any, ...]]:
@@ -50,7 +55,7 @@ def parse_compare(c: Context, value: Any, knobs: _FixedKnobs) -> tuple[str | Non
     its distinct levels; a compared knob is not also fixed."""
     if value is None:
         return None, ()
-    comp_map = c.mapping("compare", value, list(KNOBS))
+    comp_map = c.mapping("compare", value, list(knobs.allowed))
     if len(comp_map) != 1:
         c.fail("compare", value, "exactly one knob with a list of at least two levels, "
                "e.g. {bias: [true, false]}")

@@ -56,35 +56,54 @@ def _input_shape(ds: DatasetSpec, check_paths: bool) -> tuple[tuple[int, int, in
     return shape, 10  # file datasets: the classes are in the labels; 10 for the estimate
 
 
+def _worst(cand: Candidates) -> dict[str, Any]:
+    """The knob values that make the largest model (each knob on its own)."""
+    top = {k: max(cand.values(k)) for k in ("width", "fc_layers", "fc_width", "batch_size",
+                                            "kernel")}
+    return top | {
+        "norm": "batch" if "batch" in cand.values("norm") else "none",
+        "residual": any(cand.values("residual")),
+        "zero_gain": "zero" in cand.values("branch_init"),
+        "stride": min(cand.values("stride")),  # the least downsampling: the largest maps
+        "pool": "none" if "none" in cand.values("pool") else "max",
+        "flatten": any(cand.values("flatten")),
+        "conv_dropout": max(cand.values("conv_dropout")),
+        "dropout": max(cand.values("dropout")),
+    }
+
+
 def check_footprint(c: Context, cand: Candidates, ds: DatasetSpec, check_paths: bool) -> None:
     """Refuse a study whose largest model (over every value each knob can take) has more
     than footprint.MAX_PARAMS parameters or keeps more than MAX_ACTIVATION_BYTES per run."""
     shape, classes = _input_shape(ds, check_paths)
-    top = {k: max(cand.values(k)) for k in ("width", "fc_layers", "fc_width", "batch_size")}
-    flags = {"norm": "batch" in cand.values("norm"), "residual": any(cand.values("residual")),
-             "zero_gain": "zero" in cand.values("branch_init")}
+    top = _worst(cand)
     depths = sorted(set(cand.values("depth")))
+    head_in = top["width"]
+    if top["flatten"] and shape is not None:  # the largest last map: at the least depth
+        fh, fw = footprint.final_map(depths[0], shape[1], shape[2], top["stride"], top["pool"])
+        head_in *= fh * fw
     params = footprint.param_count(
         in_channels=shape[0] if shape else 3, classes=classes, depth=depths[-1],
-        width=top["width"], bias=any(cand.values("bias")),
-        norm="batch" if flags["norm"] else "none", residual=flags["residual"],
-        zero_gain=flags["zero_gain"], fc_layers=top["fc_layers"], fc_width=top["fc_width"],
-        fc_bias=any(cand.values("fc_bias")))
+        width=top["width"], bias=any(cand.values("bias")), norm=top["norm"],
+        residual=top["residual"], zero_gain=top["zero_gain"], fc_layers=top["fc_layers"],
+        fc_width=top["fc_width"], fc_bias=any(cand.values("fc_bias")), kernel=top["kernel"],
+        head_in=head_in)
     at = ", ".join(f"{k} {fmt_number(v)} ({cand.where(k)})" for k, v in
-                   [("depth", depths[-1]), *((k, top[k]) for k in ("width", "fc_layers",
-                                                                   "fc_width"))])
+                   [("depth", depths[-1]), *((k, top[k]) for k in ("width", "kernel",
+                                                                   "fc_layers", "fc_width"))])
     if params > footprint.MAX_PARAMS:
         raise SpecError(f"{c.source}: field `{cand.where('width')}`: model too large: up to "
                         f"{params:.2g} parameters at {at}. Allowed: at most "
                         f"{footprint.MAX_PARAMS:.0e} parameters per model (lower depth, "
-                        "width or fc_width).")
+                        "width, kernel or fc_width).")
     if shape is None:
         return
     per_example = max(footprint.activation_values(
         in_channels=shape[0], height=shape[1], width_px=shape[2], depth=d,
-        width=top["width"], norm="batch" if flags["norm"] else "none",
-        residual=flags["residual"], zero_gain=flags["zero_gain"],
-        fc_layers=top["fc_layers"], fc_width=top["fc_width"], classes=classes)
+        width=top["width"], norm=top["norm"], residual=top["residual"],
+        zero_gain=top["zero_gain"], fc_layers=top["fc_layers"], fc_width=top["fc_width"],
+        classes=classes, kernel=top["kernel"], stride=top["stride"], pool=top["pool"],
+        flatten=top["flatten"], conv_dropout=top["conv_dropout"], dropout=top["dropout"])
         for d in depths)
     act = per_example * top["batch_size"] * footprint.BYTES_PER_VALUE
     if act > footprint.MAX_ACTIVATION_BYTES:
@@ -95,5 +114,3 @@ def check_footprint(c: Context, cand: Candidates, ds: DatasetSpec, check_paths: 
             f"({cand.where('batch_size')}), {at}, {shape[1]}x{shape[2]} inputs. Allowed: "
             f"at most {footprint.MAX_ACTIVATION_BYTES / gib:.0f} GiB per run (lower "
             "batch_size, width or depth).")
-
-

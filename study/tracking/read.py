@@ -13,7 +13,8 @@ from typing import Any
 from study.errors import SpecError
 from study.records import EXECUTION_RE, check_execution_id, check_run_id, check_study_ref
 from study.redact import redact_uri
-from study.spec import KNOBS, StudySpec, load_yaml_text, parse_spec
+from study.spec import KNOBS, StudySpec, layer_values, load_yaml_text, parse_spec
+from study.spec.layer_values import LayerValues
 
 __all__ = ["runs_from_mlflow"]
 
@@ -109,6 +110,8 @@ def _typed(knob: str, text: str | None) -> Any:
     if text is None:
         return None
     kind = KNOBS[knob].kind
+    if kind is LayerValues:  # a number, or per-layer constants in their canonical text
+        return layer_values.from_text(text)
     if kind is bool:
         return text == "True"
     if kind is int:

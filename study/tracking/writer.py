@@ -24,12 +24,30 @@ from study.redact import redact_text, redact_uri, use_http_credentials
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MlflowWriter", "TrackingError", "check_tracking_uri", "reachable_tracking_uri"]
+__all__ = ["MlflowWriter", "TrackingError", "check_tracking_uri", "key_part",
+           "reachable_tracking_uri"]
 
 MAX_ENTITIES_PER_BATCH = 1000  # MLflow's log_batch limits: in all, and of each kind
 MAX_PARAMS_PER_BATCH = 100
 MAX_TAGS_PER_BATCH = 100
 MAX_PARAM_CHARS = 6000
+
+
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-. :/")
+_KEY_PART_CHARS = 80  # MLflow keys are at most 250 characters
+
+
+def key_part(value: Any) -> str:
+    """`value` as part of an MLflow tag or metric key: its text if MLflow allows it there,
+    else its allowed characters ("_" for the others) and a hash of the whole text, so two
+    values never share a key (a per-layer rule "0,1..." -> "0_1...-" + 8 hex digits)."""
+    import hashlib
+
+    text = str(value)
+    if len(text) <= _KEY_PART_CHARS and set(text) <= _KEY_CHARS:
+        return text
+    safe = "".join(ch if ch in _KEY_CHARS else "_" for ch in text[:_KEY_PART_CHARS])
+    return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 class TrackingError(RuntimeError):

@@ -101,10 +101,13 @@ def train_block(runs: Sequence[Mapping[str, Any]], data: TensorData, *, device: 
     restored)` runs before a unit trains an epoch (fault injection hooks in here). Returns
     every run's final record.
     """
+    from study.train.trainer import planned_epochs
+
     block = _Block(runs, data, device=device, fuse=fuse, store=store, retries=retries,
                    before_epoch=before_epoch)
     reported = False
-    for epoch in range(1, max(int(r["epochs"]) for r in runs) + 1):
+    last = max(planned_epochs(r, len(data.x_train)) for r in runs)
+    for epoch in range(1, last + 1):
         trained = block.train_epoch(epoch)
         if trained:
             report(epoch, block.records())
@@ -195,7 +198,7 @@ class _Block:
             b.history, b.params, b.macs = o.history, o.params, o.macs
             b.fused = len(u.group)
             b.status = RunStatus.DIVERGED if o.status == RunStatus.DIVERGED else (
-                RunStatus.COMPLETED if o.epochs >= int(r["epochs"]) else RunStatus.RUNNING)
+                RunStatus.COMPLETED if o.epochs >= u.trainer.planned else RunStatus.RUNNING)
 
     def _train_to(self, u: _Unit, epoch: int) -> bool:
         """Bring the unit to `epoch`; False if nothing was left to train."""

@@ -12,7 +12,8 @@ Runs that differ only in knobs that do not change the computation graph fuse: se
 init, bias constants, and bias on/off (a run without a bias gets a zero bias whose gradient
 is masked to exactly zero, so it stays zero, as if absent). Runs that differ in anything
 else (depth, width, norm, lr, ...) train in separate groups. fp16 runs never fuse (their
-loss scaler would skip steps for every model when one overflows).
+loss scaler would skip steps for every model when one overflows), nor do runs with dropout
+(their masks come from each run's own generator, which vmap cannot draw from).
 
 On a GPU this turns many small, launch-bound runs into a few large kernels (HFTA, Wang et
 al. 2021); on a CPU core the gain is small, since one core is compute-bound either way.
@@ -40,6 +41,9 @@ from study.train.trainer import (
     autocast,
     is_diverged,
     make_optimizer,
+    planned_epochs,
+    step_count,
+    steps_in_epoch,
 )
 
 __all__ = ["FREE_KNOBS", "FusedTrainer", "fuse_groups", "fuse_key"]
@@ -50,7 +54,8 @@ FREE_KNOBS = frozenset({"seed", "init", "bias", "bias_init", "fc_bias", "fc_bias
 
 def fuse_key(run: Mapping[str, Any]) -> tuple | None:
     """Runs with equal keys can train fused; None: this run trains on its own."""
-    if run.get("precision", "fp32") == "fp16":
+    if run.get("precision", "fp32") == "fp16" or run.get("dropout", 0.0) or \
+            run.get("conv_dropout", 0.0):
         return None
     return tuple(sorted((k, repr(v)) for k, v in run.items()
                         if k in KNOBS and k not in FREE_KNOBS))  # not the run's identity
@@ -94,7 +99,7 @@ class FusedTrainer:
         keys = {fuse_key(r) for r in runs}
         if len(keys) != 1 or None in keys:
             raise ValueError("runs of a fused group must differ only in "
-                             f"{sorted(FREE_KNOBS)} and may not use fp16")
+                             f"{sorted(FREE_KNOBS)} and may not use fp16 or dropout")
         self.runs = list(runs)
         self.data = data
         self.m = len(self.runs)
@@ -136,6 +141,7 @@ class FusedTrainer:
         self.opt = make_optimizer(list(params.values()), first)
         self.gens = [torch.Generator().manual_seed(int(r["seed"]) + BATCH_ORDER_SEED_OFFSET)
                      for r in self.runs]
+        self.planned = planned_epochs(first, len(data.x_train))  # the same for every run
         if start_state is not None:
             self._load(start_state)
 
@@ -151,7 +157,7 @@ class FusedTrainer:
 
     def _ended(self, i: int) -> bool:
         o = self.outcomes[i]
-        return o.status == "diverged" or o.epochs >= int(self.runs[i]["epochs"])
+        return o.status == "diverged" or o.epochs >= self.planned
 
     def state(self) -> dict[str, Any]:
         return {"fused": [r["run_key"] for r in self.runs],
@@ -204,12 +210,16 @@ class FusedTrainer:
         orders = torch.stack([torch.randperm(n, generator=g) for g in self.gens]).to(dev)
         loss_sum = torch.zeros(m, device=dev)
         correct = torch.zeros(m, device=dev, dtype=torch.long)
-        seen = 0
+        seen = taken = 0
+        limit = steps_in_epoch(self.runs[0], n, self.outcomes[alive[0]].epochs)
         self.skeleton.train()
         for i in range(0, n, bs):
             idx = orders[:, i: i + bs]
             if idx.shape[1] < 2:  # same rule as a single run
                 continue
+            if taken == limit:  # trained by steps: the last epoch stops at the count
+                break
+            taken += 1
             xb, yb = data.x_train[idx], data.y_train[idx]  # [m, b, ...], [m, b]
             with autocast(dev, self.precision):
                 logits = self._forward(self._effective(), xb, True)
@@ -231,7 +241,7 @@ class FusedTrainer:
         for i in alive:
             o = self.outcomes[i]
             out[i] = o.record(train_loss[i], train_acc[i], val[0][i], val[1][i], test[0][i],
-                              test[1][i], share)
+                              test[1][i], share, step_count(self.runs[i], n, o.epochs + 1))
             if is_diverged(train_loss[i], data.num_classes):
                 o.status = "diverged"
         return out

@@ -2,7 +2,10 @@
 
 The loop keeps data on the device, draws the mini-batch order from its own seeded
 generator (so the arms of a pair see the same batches), and never syncs with the device
-inside an epoch. A run whose epoch loss is NaN or infinite, or more than DIVERGED_FACTOR
+inside an epoch. A run trains `epochs` passes over the training split or, with `steps`, that
+many optimizer steps: then every pass is an epoch as before and the last one stops at the
+step count (its metrics are those of its partial pass); each epoch's metrics carry `step`,
+the optimizer steps so far. A run whose epoch loss is NaN or infinite, or more than DIVERGED_FACTOR
 times the loss of a uniform guess (ln of the number of classes), stops and is `diverged`.
 """
 
@@ -20,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.data.load import TensorData
-from study.train.models import build_model, model_stats
+from study.train.models import MaskSource, build_model, model_stats
 
-__all__ = ["RunOutcome", "Trainer", "evaluate", "train_run"]
+__all__ = ["RunOutcome", "Trainer", "evaluate", "planned_epochs", "step_count",
+           "steps_in_epoch", "steps_per_epoch", "train_run"]
 
 BATCH_ORDER_SEED_OFFSET = 7_919  # batch-order generator seed = run seed + this
 EVAL_BATCH = 2048  # examples per forward pass when evaluating
@@ -43,13 +47,16 @@ class RunOutcome:
         return self.history[-1] if self.history else {}
 
     def record(self, train_loss: float, train_acc: float, val_loss: float, val_acc: float,
-               test_loss: float, test_acc: float, seconds: float) -> dict[str, float]:
+               test_loss: float, test_acc: float, seconds: float,
+               step: int | None = None) -> dict[str, float]:
         """Append one epoch's metrics; `seconds`: the training time this epoch cost this run
-        (its share of the time when it trained fused with others)."""
+        (its share of the time when it trained fused with others); `step`: optimizer steps
+        so far (only for runs trained by steps)."""
         self.epochs += 1
         self.train_seconds += seconds
         metrics = {
             "epoch": self.epochs,
+            **({} if step is None else {"step": step}),
             "train_loss": train_loss,
             "train_accuracy": train_acc,
             "val_loss": val_loss,
@@ -106,6 +113,34 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return loss.item() / len(x), correct.item() / len(x)
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps in one pass over `n` examples (a last batch of one is dropped)."""
+    return n // batch_size + (1 if n % batch_size >= 2 else 0)
+
+
+def planned_epochs(run: Mapping[str, Any], n: int) -> int:
+    """Epochs the run trains on `n` training examples: `epochs`, or with `steps` the passes
+    those steps need (the last one partial)."""
+    steps = int(run.get("steps", 0))
+    if not steps:
+        return int(run["epochs"])
+    return -(-steps // max(1, steps_per_epoch(n, int(run["batch_size"]))))
+
+
+def steps_in_epoch(run: Mapping[str, Any], n: int, done_epochs: int) -> int:
+    """Optimizer steps of the epoch after `done_epochs` (all of them without `steps`)."""
+    per = steps_per_epoch(n, int(run["batch_size"]))
+    steps = int(run.get("steps", 0))
+    return per if not steps else max(0, min(per, steps - done_epochs * per))
+
+
+def step_count(run: Mapping[str, Any], n: int, epochs: int) -> int | None:
+    """Optimizer steps after `epochs` epochs of a run trained by steps; None by epochs."""
+    if not int(run.get("steps", 0)):
+        return None
+    return min(int(run["steps"]), epochs * steps_per_epoch(n, int(run["batch_size"])))
+
+
 EpochHook = Callable[[dict[str, float], RunOutcome, Callable[[], dict[str, Any]]], None]
 
 
@@ -143,7 +178,12 @@ class Trainer:
         self.outcome = RunOutcome(status="completed", epochs=0, params=stats.params,
                                   macs=stats.macs)
         self.outcomes = [self.outcome]
+        self.planned = planned_epochs(run, len(data.x_train))
+        masks = getattr(self.model, "masks", None)  # dropout's generator (the cnn family)
+        self.masks = masks if isinstance(masks, MaskSource) else None
         if start_state is not None:
+            if self.masks is not None:
+                self.masks.set_state(self.dev, start_state.get("masks"))
             self.model.load_state_dict(start_state["model"])
             self.opt.load_state_dict(start_state["optimizer"])
             self.scaler.load_state_dict(start_state.get("scaler", {}))
@@ -160,14 +200,14 @@ class Trainer:
 
     @property
     def done(self) -> bool:
-        return self.outcome.status == "diverged" or self.outcome.epochs >= int(
-            self.run["epochs"])
+        return self.outcome.status == "diverged" or self.outcome.epochs >= self.planned
 
     def state(self) -> dict[str, Any]:
         """The full training state: a checkpoint the trainer continues from exactly."""
         return {"epoch": self.outcome.epochs, "status": self.outcome.status,
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scaler": self.scaler.state_dict(), "batch_gen": self.batch_gen.get_state(),
+                "masks": None if self.masks is None else self.masks.get_state(),
                 "history": list(self.outcome.history)}
 
     def epoch(self) -> list[dict[str, float]]:
@@ -180,11 +220,15 @@ class Trainer:
         order = torch.randperm(n, generator=self.batch_gen).to(dev)
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.long)
-        seen = 0
+        seen = taken = 0
+        limit = steps_in_epoch(self.run, n, self.outcome.epochs)
         for i in range(0, n, bs):
             idx = order[i: i + bs]
             if len(idx) < 2:  # a batch of one breaks BatchNorm; drop it (same for all arms)
                 continue
+            if taken == limit:  # trained by steps: the last epoch stops at the count
+                break
+            taken += 1
             xb, yb = data.x_train[idx], data.y_train[idx]
             with autocast(dev, self.precision):
                 logits = model(xb)
@@ -202,7 +246,8 @@ class Trainer:
         test_loss, test_acc = evaluate(model, data.x_test, data.y_test, self.precision)
         seconds = time.perf_counter() - t0
         metrics = self.outcome.record(train_loss, train_acc, val_loss, val_acc, test_loss,
-                                      test_acc, seconds)
+                                      test_acc, seconds,
+                                      step_count(self.run, n, self.outcome.epochs + 1))
         if is_diverged(train_loss, data.num_classes):
             self.outcome.status = "diverged"
         return [metrics]

@@ -543,6 +543,8 @@ def _close(spec: StudySpec, result: StudyResult, callback: StudyCallback, writer
            report_error: Exception | None) -> None:
     """Tag and end the parent run: KILLED if interrupted, FAILED if every run failed or the
     report could not be made, else FINISHED; writes MLflow dropped go into `result`."""
+    from study.tracking.writer import key_part
+
     best = result.best
     tags = {f"study.runs_{k}": v for k, v in callback.counts().items()}
     tags["study.status"] = result.status
@@ -551,7 +553,7 @@ def _close(spec: StudySpec, result: StudyResult, callback: StudyCallback, writer
         tags[f"study.best_{spec.metric}"] = f"{best.value:.6g}"
     for e in result.effects:
         if e.group == "all" and e.n:
-            tags[f"study.verdict.{spec.compare_knob}.{e.level}"] = e.verdict
+            tags[f"study.verdict.{spec.compare_knob}.{key_part(e.level)}"] = e.verdict
     if report_error is not None:
         tags["study.report_error"] = error_summary(report_error)
     mlflow_status = {StudyStatus.FINISHED: "FINISHED",
