@@ -131,7 +131,7 @@ METRICS = {
     "train_loss": "min",
     "val_loss": "min",
 }
-SAMPLERS = ("tpe", "random", "qmc")
+SAMPLERS = ("tpe", "random", "qmc", "grid", "nsga2")
 # A study name: MLflow experiment, Optuna study prefix and folder names (results.py reads it)
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 NAME_RE = re.compile(NAME_PATTERN)  # with fullmatch: no "\n" at the end

@@ -13,6 +13,7 @@ from study.spec import yaml_reader as spec_yaml
 from study.spec.context import Context, shorthand, shown
 from study.spec.dataset import parse_dataset
 from study.spec.distributions import parse_space
+from study.spec.grid import check_grid
 from study.spec.knobs import NAME_RE
 from study.spec.model import StudySpec
 from study.spec.sections import (
@@ -126,6 +127,7 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     fixed = {k: v for k, v in knobs.values.items() if k not in space and k != compare_knob}
     repeats = c.integer("repeats", top.get("repeats", 1))
     search = parse_search(c, top.get("search"), searched=bool(space))
+    search = check_grid(c, top.get("search"), search, space)
     check_run_count(c, search.trials, len(levels) or 1, repeats)
     check_footprint(c, Candidates(fixed, knobs.fixed_from, space, compare_knob, levels),
                      dataset, check_paths)
