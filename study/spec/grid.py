@@ -3,7 +3,8 @@
 A grid runs every combination of the searched knobs' values: a choice's values, an integer
 range's integers (every `step`-th from low), a float range's values from low in steps of
 `step`. A float range without a step has no points to list, so it is refused, as is a
-conditional knob (`when`: a grid point where the condition fails would repeat another).
+knob conditional on another searched knob (a grid point where the condition fails would
+repeat another; a condition on the compared knob is fine).
 `search.trials` defaults to the number of points; a smaller number runs the first points
 of the grid's seeded order (a quick look at a partial grid); a larger one is refused.
 """
@@ -59,10 +60,11 @@ def check_grid(c: Context, raw_search: Any, search: _HasTrials,
     if search.sampler != "grid":
         return search
     for k, d in space.items():
-        if d.when:
-            c.fail(f"space.{k}.when", dict(d.when), "no `when` with `search.sampler: grid` "
-                   "(a grid point where the condition fails repeats another); search the "
-                   "knob unconditionally or use another sampler", "conditional knob")
+        if any(cond in space for cond in d.when):  # one on the compared knob always holds
+            c.fail(f"space.{k}.when", dict(d.when), "no `when` on a searched knob with "
+                   "`search.sampler: grid` (a grid point where the condition fails repeats "
+                   "another); search the knob unconditionally or use another sampler",
+                   "conditional knob")
         if d.kind == "float" and d.step is None:
             form = "log" if d.log else "float"
             c.fail(f"space.{k}", {form: [d.low, d.high]}, "with `search.sampler: grid`, "

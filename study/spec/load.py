@@ -16,13 +16,13 @@ from study.spec.distributions import parse_space
 from study.spec.grid import check_grid
 from study.spec.knobs import NAME_RE
 from study.spec.model import StudySpec
+from study.spec.objectives import parse_objectives
 from study.spec.sections import (
     check_fuse,
     check_run_count,
     parse_compare,
     parse_execution,
     parse_fixed,
-    parse_metric,
     parse_resources,
     parse_search,
     parse_verdict,
@@ -131,7 +131,8 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     check_run_count(c, search.trials, len(levels) or 1, repeats)
     check_footprint(c, Candidates(fixed, knobs.fixed_from, space, compare_knob, levels),
                      dataset, check_paths)
-    metric, mode = parse_metric(c, top.get("metric", "val_accuracy"))
+    objectives = parse_objectives(c, top.get("metric", "val_accuracy"), search.scheduler)
+    metric, mode = objectives[0]
     verdict = parse_verdict(c, top.get("verdict"), compare_knob, space)
     cpu, gpu = parse_resources(c, top.get("resources"))
     execution = parse_execution(c, top.get("execution"))
@@ -144,7 +145,7 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
         space=space, compare_knob=compare_knob, compare_levels=levels, repeats=repeats,
         **vars(search), metric=metric, mode=mode, **vars(verdict), cpu=cpu, gpu=gpu,
         **vars(execution), fuse=knobs.fuse, **vars(storage), source=source,
-        raw=_deepcopy(top),
+        objectives=objectives, raw=_deepcopy(top),
     )
 
 
