@@ -276,8 +276,8 @@ def _curves_section(spec: StudySpec, curve_sets: Mapping[str, Any]) -> list[Bloc
         ("h2", "Depth and width"),
         ("p", f"Mean {metric} with the {ci_label(spec.alpha)} of the mean (t, over runs) at "
          "every point, against "
-         + "; against ".join(f"{x} one curve per combination of "
-                             + ", ".join(_curve_split(spec, x)) for x in curve_sets)
+         + "; against ".join(f"{x}: one curve per value of "
+                             + " x ".join(_curve_split(spec, x)) for x in curve_sets)
          + ". Failed runs left out; n is the runs at each point."),
         ("img", "curves.png")]
     for x, series in curve_sets.items():

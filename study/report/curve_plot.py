@@ -67,5 +67,8 @@ def _draw_panel(ax: Any, lines: Mapping[str, Sequence[CurvePoint]], scale: float
             for p, m in zip(pts, ms, strict=True):
                 ax.annotate(f"{p.n}", (p.x, m), textcoords="offset points", xytext=(4, 4),
                             fontsize=6)
+    xs = sorted({p.x for pts in lines.values() for p in pts})
+    if len(xs) <= 20:  # integer knobs: a tick at every point, none between
+        ax.set_xticks(xs)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
