@@ -72,13 +72,18 @@ def _shown(name: str, value: float) -> str:
     return f"{value * s:.2f}" if s != 1.0 or not float(value).is_integer() else f"{value:,.0f}"
 
 
+def _knobs(params: Mapping[str, Any]) -> str:
+    """Searched knobs for a table cell (floats to 4 significant digits)."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={show_value(v)}"
+                     for k, v in params.items()) or "(fixed)"
+
+
 def pareto_blocks(fronts: Mapping[str, Sequence[FrontPoint]],
                   objectives: Sequence[tuple[str, str]]) -> list[tuple[str, Any]]:
     """The report's trade-off section: the plot and each level's Pareto-optimal points."""
     names = [f"{name} ({mode}{', %' if scale(name) != 1.0 else ''})" for name, mode in objectives]
-    rows = [[label, str(p.config), ", ".join(f"{k}={show_value(v)}" for k, v in p.params.items())
-             or "(fixed)", *(_shown(n, v) for (n, _), v in zip(objectives, p.values, strict=True)),
-             str(p.n)]
+    rows = [[label, str(p.config), _knobs(p.params),
+             *(_shown(n, v) for (n, _), v in zip(objectives, p.values, strict=True)), str(p.n)]
             for label, pts in fronts.items() for p in pts if p.optimal]
     return [
         ("h2", "Trade-offs (Pareto front)"),
