@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 import study.spec.dataset as spec_dataset
 from study.records import ConfigRecord, StudyResult
+from study.report.build import ReportInput, build_report
 from study.report.pareto import dominates, level_fronts, nondominated
 from study.report.stats import curves
 from study.search.searcher import BlockSearcher
@@ -120,6 +121,27 @@ def test_curve_points_carry_a_t_interval_and_n():
     assert math.isclose(pts[0].ci_high - pts[0].mean, half, rel_tol=1e-9)
     assert math.isclose(pts[0].mean - pts[0].ci_low, half, rel_tol=1e-9)
     assert math.isnan(pts[2].ci_low) and pts[2].sd == 0.0
+
+
+def test_a_grid_report_draws_a_curve_per_value_of_the_other_knob():
+    s = parse_spec(tiny_spec(space={"depth": {"int": [1, 5], "step": 2},
+                                    "width": {"choice": [2, 4]}},
+                             search={"sampler": "grid"}, compare={"residual": [False, True]},
+                             model={"name": "cnn", "norm": "batch"}), check_paths=False)
+    rows = [{"config": c, "seed": seed, "level": lvl, "status": "completed",
+             "run_key": f"c{c}-{lvl}-{seed}", "pair": f"c{c}-{seed}",
+             "test_accuracy": 0.5 + 0.01 * d + 0.02 * w + 0.001 * seed,
+             "param.depth": d, "param.width": w, "param.residual": lvl}
+            for c, (d, w) in enumerate(itertools.product([1, 3, 5], [2, 4]))
+            for lvl in (False, True) for seed in (0, 1, 2)]
+    rep = build_report(ReportInput(spec=s, execution="tiny-20261130-000000-abcd", rows=rows))
+    md = rep.markdown
+    assert "against depth: one curve per value of residual x width" in md
+    depth_rows = [ln for ln in md.splitlines() if ln.startswith("| residual=")
+                  and ", width=" in ln]
+    assert len(depth_rows) == 2 * 2 * 3  # residual x width series, 3 depths each
+    assert all(ln.endswith("| 3 |") and "[" in ln for ln in depth_rows)  # CI and n = 3
+    assert rep.images["curves.png"][:4] == b"\x89PNG"
 
 
 # -- several objectives: the spec --
