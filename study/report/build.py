@@ -527,8 +527,8 @@ def _model_cost(params: Mapping[str, str]) -> dict[str, int | None]:
     out: dict[str, int | None] = {}
     for key, param in (("model_params", "model_params"), ("macs", "macs_per_example")):
         text = params.get(param)
-        out[key] = int(text) if isinstance(text, str) and text.isdigit() and len(text) < 30 \
-            else None
+        out[key] = int(text) if isinstance(text, str) and text.isascii() and text.isdigit() \
+            and len(text) < 30 else None
     return out
 
 
