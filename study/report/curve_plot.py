@@ -51,6 +51,9 @@ def plot_curves(curve_sets: Mapping[str, Mapping[str, Sequence[CurvePoint]]],
                          fontsize=9)
             ax.set_xlabel(x)
             ax.set_ylabel(f"{metric}{' (%)' if scale != 1 else ''}, mean and {ci}")
+            if scale != 1:  # an accuracy: an interval past 0 or 100% is cut at the edge
+                low, high = ax.get_ylim()
+                ax.set_ylim(max(low, 0.0), min(high, 100.5))
     fig.tight_layout()
     return fig
 

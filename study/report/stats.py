@@ -281,16 +281,22 @@ def curves(rows: Sequence[Mapping[str, Any]], *, x: str, metric: str,
     combination of the `split` knobs (plain vs residual, with vs without norm): at every
     x its mean, sd, t-interval of the mean and n. Failed runs are left out; diverged runs
     count with the value they reached."""
-    series: dict[str, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
+    series: dict[tuple[Any, ...], dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         v = usable_value(r, metric)
         xv = r.get(f"param.{x}")
         if v is None or xv is None:
             continue
-        label = ", ".join(f"{k}={show_value(r.get(f'param.{k}'))}" for k in split)
-        series[label][xv].append(v)
-    return {label: [_curve_point(int(k), vs, alpha) for k, vs in sorted(pts.items())]
-            for label, pts in sorted(series.items())}
+        series[tuple(r.get(f"param.{k}") for k in split)][xv].append(v)
+    # curves in the order of their knobs' values (width 8 before 16), labelled as a spec says
+    return {", ".join(f"{k}={show_value(v)}" for k, v in zip(split, key, strict=True)):
+            [_curve_point(int(k), vs, alpha) for k, vs in sorted(pts.items())]
+            for key, pts in sorted(series.items(), key=lambda kv: _order(kv[0]))}
+
+
+def _order(values: Sequence[Any]) -> tuple[tuple[int, Any], ...]:
+    """A sort key for knob values of any type: numbers by value, then the rest as text."""
+    return tuple((0, v) if isinstance(v, (int, float)) else (1, str(v)) for v in values)
 
 
 def _curve_point(x: int, values: Sequence[float], alpha: float) -> CurvePoint:
