@@ -236,6 +236,7 @@ def summary(result: Any) -> str:
     if best is not None:
         lines.append(f"best: config {best.index} (Optuna trial {best.optuna_trial}), "
                      f"{result.metric} {best.value:.4f}: {best.params}")
+    lines += _pareto_lines(result)
     tracking = redact_uri(result.tracking_uri)
     lines.append(f"MLflow: {tracking}, experiment {result.name!r}, parent run "
                  f"{result.parent_run_id} ({result.execution})")
@@ -243,6 +244,18 @@ def summary(result: Any) -> str:
         lines.append(f"  view: mlflow ui --backend-store-uri {tracking}")
     lines.append(f"Optuna: {redact_uri(result.optuna_storage)}, study {result.optuna_study!r}")
     return "\n".join(lines)
+
+
+def _pareto_lines(result: Any) -> list[str]:
+    """A multi-objective study's Pareto-optimal configurations, one line each."""
+    if len(result.objectives) <= 1:
+        return []
+    names = ", ".join(f"{m} ({d})" for m, d in result.objectives)
+    lines = [f"Pareto-optimal configurations on {names}:"]
+    for c in result.pareto:
+        values = ", ".join(f"{v:.4g}" for v in c.objective_values)
+        lines.append(f"  config {c.index}: {values}: {c.params}")
+    return lines
 
 
 def entry() -> NoReturn:

@@ -168,6 +168,8 @@ class ConfigRecord:
     value: float | None  # the aggregate told to Optuna (mean metric over usable runs)
     runs: int
     usable_runs: int
+    # the mean of every objective, in `metric:` order (a multi-objective study; else empty)
+    objective_values: tuple[float, ...] = ()
 
 
 @dataclass
@@ -190,14 +192,35 @@ class StudyResult:
     effects: list[Any] = field(default_factory=list)  # study.report.stats.Effect
     mlflow_dropped_writes: int = 0  # writes MLflow refused or never got (0: all stored)
     mlflow_dropped_runs: list[str] = field(default_factory=list)  # run keys they were for
+    # (metric, mode) of every objective; more than one: a multi-objective study
+    objectives: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def best(self) -> ConfigRecord | None:
-        scored = [c for c in self.configs if c.value is not None and math.isfinite(c.value)]
+        """The configuration with the best mean `metric`. In a multi-objective study: the
+        best on the first objective among the Pareto-optimal ones (see :attr:`pareto`)."""
+        pool = self.pareto if len(self.objectives) > 1 else self.configs
+        scored = [c for c in pool if c.value is not None and math.isfinite(c.value)]
         if not scored:
             return None
         pick = max if self.mode == "max" else min
         return pick(scored, key=lambda c: c.value)  # type: ignore[arg-type, return-value]
+
+    @property
+    def pareto(self) -> list[ConfigRecord]:
+        """The Pareto-optimal configurations of a multi-objective study (no other is at
+        least as good on every objective and better on one), in configuration order; for
+        a single-objective study the best configuration alone (none without a value)."""
+        from study.report.pareto import nondominated  # the report's module imports this one
+
+        if len(self.objectives) <= 1:
+            best = self.best
+            return [best] if best is not None else []
+        scored = [c for c in self.configs if len(c.objective_values) == len(self.objectives)
+                  and all(math.isfinite(v) for v in c.objective_values)]
+        keep = nondominated([c.objective_values for c in scored],
+                            [mode for _, mode in self.objectives])
+        return [scored[i] for i in keep]
 
     @property
     def best_config(self) -> dict[str, Any] | None:

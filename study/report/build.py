@@ -24,6 +24,8 @@ from study.records import (
     check_study_ref,
 )
 from study.redact import redact_text, redact_uri, usable_uri
+from study.report.curve_plot import plot_curves
+from study.report.pareto import level_fronts, pareto_blocks, plot_fronts
 from study.report.stats import (
     USABLE,
     Effect,
@@ -109,11 +111,13 @@ def build_report(inp: ReportInput) -> Report:
         if len({r.get(f"param.{x}") for r in rows}) > 1:
             curve_sets[x] = curves(rows, x=x, metric=spec.verdict_metric
                                    if spec.compare_knob else spec.metric,
-                                   split=_curve_split(spec))
+                                   split=_curve_split(spec, x), alpha=spec.alpha)
     if curve_sets:
         images["curves.png"] = _plot_curves(curve_sets, spec)
     if inp.importance:
         images["importance.png"] = _plot_importance(inp.importance)
+    if spec.multi_objective:
+        images["pareto.png"] = _fig_png(plot_fronts(_fronts(inp), spec.objectives, pyplot()))
     blocks = _blocks_of(inp, effects, counts, curve_sets)
     title = f"Study report: {spec.name}"
     return Report(title=title, effects=effects, counts=counts,
@@ -121,9 +125,18 @@ def build_report(inp: ReportInput) -> Report:
                   images=images)
 
 
-def _curve_split(spec: StudySpec) -> tuple[str, ...]:
+def _curve_split(spec: StudySpec, x: str | None = None) -> tuple[str, ...]:
+    """The knobs a curve against `x` is split by: residual and norm where they vary, and
+    on a grid the other of depth and width (its every value is a point of the grid)."""
     split = [k for k in ("residual", "norm") if k in spec.space or k == spec.compare_knob]
+    other = _other_curve_knob(spec, x)
+    if spec.sampler == "grid" and other in spec.space:
+        split.append(other)
     return tuple(split) or ("norm",)
+
+
+def _other_curve_knob(spec: StudySpec, x: str | None) -> str:
+    return {"depth": "width", "width": "depth"}.get(x or "", "")
 
 
 def verdict_table(report: Report, spec: StudySpec) -> str:
@@ -173,10 +186,18 @@ def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str,
     b += _settings_section(spec)
     if curve_sets:
         b += _curves_section(spec, curve_sets)
+    if spec.multi_objective:
+        b += pareto_blocks(_fronts(inp), spec.objectives)
     b += _importance_section(inp)
     if effects:
         b += _pairs_section(inp)
     return b
+
+
+def _fronts(inp: ReportInput) -> dict[str, Any]:
+    """The Pareto front of each level of the compared knob (a multi-objective study)."""
+    spec = inp.spec
+    return level_fronts(inp.rows, spec.objectives, spec.compare_knob, list(spec.space))
 
 
 def _unit(spec: StudySpec) -> tuple[float, str]:
@@ -251,14 +272,18 @@ def _curves_section(spec: StudySpec, curve_sets: Mapping[str, Any]) -> list[Bloc
     metric = spec.verdict_metric if spec.compare_knob else spec.metric
     b: list[Block] = [
         ("h2", "Depth and width"),
-        ("p", f"Mean {metric} (± one standard deviation over runs) against depth "
-         "and width, one curve per combination of "
-         + ", ".join(_curve_split(spec)) + ". Failed runs left out."),
+        ("p", f"Mean {metric} with the {ci_label(spec.alpha)} of the mean (t, over runs) at "
+         "every point, against "
+         + "; against ".join(f"{x}: one curve per value of "
+                             + " x ".join(_curve_split(spec, x)) for x in curve_sets)
+         + ". Failed runs left out; n is the runs at each point."),
         ("img", "curves.png")]
     for x, series in curve_sets.items():
-        rows = [[label, str(p.x), _f(p.mean * s), _f(p.sd * s), str(p.n)]
+        rows = [[label, str(p.x), _f(p.mean * s), _f(p.sd * s),
+                 f"[{_f(p.ci_low * s)}, {_f(p.ci_high * s)}]", str(p.n)]
                 for label, pts in series.items() for p in pts]
-        b.append(("table", (["series", x, f"mean{unit}", f"sd{unit}", "runs"], rows)))
+        b.append(("table", (["series", x, f"mean{unit}", f"sd{unit}",
+                             f"{ci_label(spec.alpha)}{unit}", "runs"], rows)))
     return b
 
 
@@ -440,23 +465,10 @@ def _plot_effects(effects: Sequence[Effect], spec: StudySpec) -> bytes:
 
 
 def _plot_curves(curve_sets: Mapping[str, Any], spec: StudySpec) -> bytes:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(curve_sets), figsize=(6 * len(curve_sets), 4),
-                             squeeze=False)
     metric = spec.verdict_metric if spec.compare_knob else spec.metric
-    for ax, (x, series) in zip(axes[0], curve_sets.items(), strict=True):
-        for label, pts in series.items():
-            xs = [p.x for p in pts]
-            ms = [p.mean for p in pts]
-            sd = [p.sd for p in pts]
-            ax.plot(xs, ms, marker="o", label=label)
-            ax.fill_between(xs, [m - d for m, d in zip(ms, sd, strict=True)],
-                            [m + d for m, d in zip(ms, sd, strict=True)], alpha=0.15)
-        ax.set_xlabel(x)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return _fig_png(fig)
+    by_other = {x: _other_curve_knob(spec, x) in _curve_split(spec, x) for x in curve_sets}
+    return _fig_png(plot_curves(curve_sets, by_other, metric, scale(metric),
+                                ci_label(spec.alpha), pyplot()))
 
 
 def _plot_importance(imp: Mapping[str, float]) -> bytes:
@@ -484,7 +496,9 @@ def importance(storage: Any, study_name: str) -> tuple[dict[str, float] | None, 
         if len(done) < 2:
             return None, f"{len(done)} complete trial(s); at least 2 are needed"
         ev = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        imp = optuna.importance.get_param_importances(study, evaluator=ev)
+        # a multi-objective study: the importance for the first objective (`metric[0]`)
+        first = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+        imp = optuna.importance.get_param_importances(study, evaluator=ev, target=first)
         if not imp:
             return None, "no parameter varies across the complete trials"
         return {k: float(v) for k, v in imp.items()}, ""

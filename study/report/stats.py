@@ -268,26 +268,44 @@ def _pairs_needed(mean: float, sd: float, margin: float, alpha: float) -> int | 
 class CurvePoint:
     x: int
     mean: float
-    sd: float
-    n: int
+    sd: float  # over runs (0 for one run)
+    n: int  # usable runs at this point
+    ci_low: float = math.nan  # two-sided 100(1 - alpha)% t-interval of the mean (n >= 2)
+    ci_high: float = math.nan
 
 
 def curves(rows: Sequence[Mapping[str, Any]], *, x: str, metric: str,
-           split: Sequence[str] = ("residual", "norm")) -> dict[str, list[CurvePoint]]:
+           split: Sequence[str] = ("residual", "norm"),
+           alpha: float = 0.05) -> dict[str, list[CurvePoint]]:
     """Mean and spread of `metric` against knob `x` (depth, width), one curve per value
-    combination of the `split` knobs (plain vs residual, with vs without norm). Failed runs
-    are left out; diverged runs count with the value they reached."""
-    series: dict[str, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
+    combination of the `split` knobs (plain vs residual, with vs without norm): at every
+    x its mean, sd, t-interval of the mean and n. Failed runs are left out; diverged runs
+    count with the value they reached."""
+    series: dict[tuple[Any, ...], dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         v = usable_value(r, metric)
         xv = r.get(f"param.{x}")
         if v is None or xv is None:
             continue
-        label = ", ".join(f"{k}={show_value(r.get(f'param.{k}'))}" for k in split)
-        series[label][xv].append(v)
-    out = {}
-    for label, pts in sorted(series.items()):
-        out[label] = [CurvePoint(int(k), float(np.mean(vs)),
-                                 float(np.std(vs, ddof=1)) if len(vs) > 1 else 0.0, len(vs))
-                      for k, vs in sorted(pts.items())]
-    return out
+        series[tuple(r.get(f"param.{k}") for k in split)][xv].append(v)
+    # curves in the order of their knobs' values (width 8 before 16), labelled as a spec says
+    return {", ".join(f"{k}={show_value(v)}" for k, v in zip(split, key, strict=True)):
+            [_curve_point(int(k), vs, alpha) for k, vs in sorted(pts.items())]
+            for key, pts in sorted(series.items(), key=lambda kv: _order(kv[0]))}
+
+
+def _order(values: Sequence[Any]) -> tuple[tuple[int, Any], ...]:
+    """A sort key for knob values of any type: numbers by value, then the rest as text."""
+    return tuple((0, v) if isinstance(v, (int, float)) else (1, str(v)) for v in values)
+
+
+def _curve_point(x: int, values: Sequence[float], alpha: float) -> CurvePoint:
+    """One point of a curve: mean, sd and the t-interval of the mean of `values`."""
+    from scipy import stats
+
+    n, mean = len(values), float(np.mean(values))
+    if n < 2:
+        return CurvePoint(x, mean, 0.0, n)
+    sd = float(np.std(values, ddof=1))
+    half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * sd / math.sqrt(n)
+    return CurvePoint(x, mean, sd, n, mean - half, mean + half)

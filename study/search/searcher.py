@@ -19,6 +19,7 @@ a laptop and on a cluster.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from ray.tune.search import Searcher
 from study.records import RunStatus
 from study.redact import redact_spec
 from study.report.stats import USABLE, finite_mean, usable_value
+from study.search.objectives import config_means, run_objectives, study_directions
 from study.search.space import define_by_run, expand_runs, make_sampler
 from study.spec import StudySpec
 
@@ -45,6 +47,9 @@ class ConfigState:
     told: bool = False
     value: float | None = None
     pruned: set[str] = field(default_factory=set)  # runs stopped early by the scheduler
+    # run_key -> its value of every objective; the means told (multi-objective studies)
+    objectives: dict[str, tuple[float | None, ...]] = field(default_factory=dict)
+    means: list[float] | None = None
 
     @property
     def complete(self) -> bool:
@@ -72,7 +77,7 @@ def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage,
     pruner: Optuna hears one value per configuration, at its end."""
     return optuna.create_study(
         storage=storage, sampler=make_sampler(spec), pruner=optuna.pruners.NopPruner(),
-        study_name=study_name, direction="minimize" if spec.mode == "min" else "maximize",
+        study_name=study_name, directions=study_directions(spec),
         load_if_exists=True)
 
 
@@ -165,6 +170,7 @@ class BlockSearcher(Searcher):
             status = rec.get("status")
             if status in USABLE:  # ended on its own (a block says completed at the end only)
                 cfg.values[key] = usable_value(rec, self.spec.metric)
+                cfg.objectives[key] = run_objectives(self.spec, rec)
             elif trial_id in self.pruned_trials:
                 cfg.pruned.add(key)
                 cfg.values[key] = None
@@ -174,9 +180,12 @@ class BlockSearcher(Searcher):
         self._tell_ready()
 
     def restore_progress(self, done: dict[str, float | None],
-                         pruned: set[str] | None = None) -> int:
+                         pruned: set[str] | None = None,
+                         objectives: Mapping[str, tuple[float | None, ...]] | None = None,
+                         ) -> int:
         """Rebuild the state of an interrupted execution from its Optuna study and the runs
-        that ended (run_key -> value, None for failed). Returns the runs left to run.
+        that ended (run_key -> value, None for failed; `objectives`: run_key -> its value of
+        every objective, for a multi-objective study). Returns the runs left to run.
 
         Configuration k is Optuna trial number k (a fresh study per execution, asked in
         order). Trials asked but not told are told later by number, never asked again.
@@ -191,8 +200,11 @@ class BlockSearcher(Searcher):
             cfg.values = {r["run_key"]: done[r["run_key"]] for r in runs
                           if r["run_key"] in done}
             cfg.pruned = {r["run_key"] for r in runs if r["run_key"] in (pruned or set())}
-            if t.state.is_finished():
-                cfg.told, cfg.value = True, t.value
+            cfg.objectives = {r["run_key"]: objectives[r["run_key"]] for r in runs
+                              if r["run_key"] in (objectives or {})}
+            if t.state.is_finished():  # t.values: one per objective, None unless complete
+                cfg.told, cfg.value = True, t.values[0] if t.values else None
+                cfg.means = list(t.values) if t.values and self.spec.multi_objective else None
             self.configs.append(cfg)
             self.queue.extend(self._blocks([r for r in runs if r["run_key"] not in cfg.values]))
         told = [c.told for c in self.configs]
@@ -234,6 +246,10 @@ class BlockSearcher(Searcher):
             self.study.tell(cfg.optuna_number, state=TrialState.PRUNED)
         elif cfg.value is None:  # no usable run
             self.study.tell(cfg.optuna_number, state=TrialState.FAIL)
+        elif self.spec.multi_objective:  # the mean of every objective
+            cfg.means = config_means(cfg.objectives.values())
+            self.study.tell(cfg.optuna_number, cfg.means,
+                            state=TrialState.COMPLETE if cfg.means else TrialState.FAIL)
         else:
             self.study.tell(cfg.optuna_number, cfg.value, state=TrialState.COMPLETE)
 

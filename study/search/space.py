@@ -15,7 +15,7 @@ from study.spec import StudySpec
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["define_by_run", "expand_runs", "make_sampler", "run_key"]
+__all__ = ["define_by_run", "expand_runs", "grid_sampler", "make_sampler", "run_key"]
 
 
 class define_by_run:  # noqa: N801 - used like a function; a class so that it pickles
@@ -66,7 +66,32 @@ def make_sampler(spec: StudySpec, config: int = 0) -> optuna.samplers.BaseSample
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=spec.seed, scramble=True)
-    raise ValueError(f"unknown sampler {spec.sampler!r}; allowed: tpe, random, qmc")
+    if spec.sampler == "grid":
+        return grid_sampler(spec)
+    if spec.sampler == "nsga2":  # its first generation (startup_trials, at least 2) is random
+        return optuna.samplers.NSGAIISampler(seed=seed,
+                                             population_size=max(2, spec.startup_trials))
+    raise ValueError(f"unknown sampler {spec.sampler!r}; allowed: tpe, random, qmc, grid, "
+                     "nsga2")
+
+
+def grid_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """Optuna's GridSampler over the spec's grid (study.spec.grid), one seed for the whole
+    study: trial k gets point k of the grid shuffled by `search.seed`, so configuration k
+    is the same point on every run, resume and machine, and each point comes once."""
+    import optuna
+
+    from study.spec.grid import grid_values
+
+    class ToTheEnd(optuna.samplers.GridSampler):
+        """Never stops the study itself: GridSampler's `after_trial` calls `Study.stop`,
+        which raises outside `Study.optimize`; the searcher ends after `search.trials`."""
+
+        def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        state: optuna.trial.TrialState, values: Any) -> None:
+            return None
+
+    return ToTheEnd({k: grid_values(d) for k, d in spec.space.items()}, seed=spec.seed)
 
 
 def run_key(config: int, level: Any, seed: int, compare_knob: str | None) -> str:

@@ -5,9 +5,9 @@ Everything a user can get wrong is checked here, before Ray starts, and reported
 allowed. The package imports no torch, Ray, Optuna or MLflow. Its modules, in the order a
 spec is read: ``yaml_reader`` (bounded YAML), ``load`` (file, overrides, sections),
 ``context`` (typed field readers), ``knobs`` (every knob and limit), one module per section
-(``sections``, ``distributions``, ``dataset``, ``storage``), ``size_check`` with
-``footprint`` (the worst-case model size), ``families`` (the model registry),
-``layer_values`` (per-layer constants) and ``model`` (the frozen result).
+(``sections``, ``distributions``, ``grid``, ``objectives``, ``dataset``, ``storage``),
+``size_check`` with ``footprint`` (the worst-case model size), ``families`` (the model
+registry), ``layer_values`` (per-layer constants) and ``model`` (the frozen result).
 """
 
 from study.errors import SpecError

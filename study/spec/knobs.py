@@ -161,7 +161,7 @@ METRICS = {
     "train_loss": "min",
     "val_loss": "min",
 }
-SAMPLERS = ("tpe", "random", "qmc")
+SAMPLERS = ("tpe", "random", "qmc", "grid", "nsga2")
 # A study name: MLflow experiment, Optuna study prefix and folder names (results.py reads it)
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 NAME_RE = re.compile(NAME_PATTERN)  # with fullmatch: no "\n" at the end
@@ -192,6 +192,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "resources.gpu": (0, 64),  # GPUs per run: more than one machine has
     "levels": (2, 64),  # compared levels: each configuration runs every one
     "choices": (1, 1000),  # values of one `choice`
+    "objectives": (1, 4),  # metrics of a multi-objective search: a front in 5+ is unreadable
     "runs": (1, 100_000),  # trials x levels x repeats: beyond, split the study
     "synthetic_values": (1, 100_000_000),  # samples x channels x image_size^2 (0.8 GB)
     "question": (1, 2000),  # characters: a question, not a document

@@ -14,16 +14,17 @@ from study.spec.context import Context, shorthand, shown
 from study.spec.dataset import parse_dataset
 from study.spec.distributions import parse_space
 from study.spec.families import FAMILIES
+from study.spec.grid import check_grid
 from study.spec.knob_rules import check_knob_rules
 from study.spec.knobs import NAME_RE
 from study.spec.model import StudySpec
+from study.spec.objectives import parse_objectives
 from study.spec.sections import (
     check_fuse,
     check_run_count,
     parse_compare,
     parse_execution,
     parse_fixed,
-    parse_metric,
     parse_resources,
     parse_search,
     parse_verdict,
@@ -129,12 +130,14 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     fixed = {k: v for k, v in knobs.values.items() if k not in space and k != compare_knob}
     repeats = c.integer("repeats", top.get("repeats", 1))
     search = parse_search(c, top.get("search"), searched=bool(space))
+    search = check_grid(c, top.get("search"), search, space)
     check_run_count(c, search.trials, len(levels) or 1, repeats)
     cand = Candidates(fixed, knobs.fixed_from, space, compare_knob, levels)
     check_knob_rules(c, cand, search.scheduler, knobs.fuse)
     if FAMILIES[knobs.model].size_checked:
         check_footprint(c, cand, dataset, check_paths)
-    metric, mode = parse_metric(c, top.get("metric", "val_accuracy"))
+    objectives = parse_objectives(c, top.get("metric", "val_accuracy"), search.scheduler)
+    metric, mode = objectives[0]
     verdict = parse_verdict(c, top.get("verdict"), compare_knob, space)
     cpu, gpu = parse_resources(c, top.get("resources"))
     execution = parse_execution(c, top.get("execution"))
@@ -147,7 +150,7 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
         space=space, compare_knob=compare_knob, compare_levels=levels, repeats=repeats,
         **vars(search), metric=metric, mode=mode, **vars(verdict), cpu=cpu, gpu=gpu,
         **vars(execution), fuse=knobs.fuse, **vars(storage), source=source,
-        raw=_deepcopy(top),
+        objectives=objectives, raw=_deepcopy(top),
     )
 
 

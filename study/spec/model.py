@@ -95,7 +95,14 @@ class StudySpec:
     tracking_uri: str
     results_dir: str
     source: str  # the file it came from (or "<dict>")
+    # every (metric, mode) Optuna optimizes; the first is `metric`, `mode` (study.spec.objectives)
+    objectives: tuple[tuple[str, str], ...] = ()
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def multi_objective(self) -> bool:
+        """Several metrics: Optuna searches a Pareto front, the report draws it."""
+        return len(self.objectives) > 1
 
     @property
     def levels(self) -> tuple[Any, ...]:
@@ -137,8 +144,7 @@ class StudySpec:
             f"{self.repeats} seeds = {self.total_runs} training runs "
             f"({self.sampler} sampler, seed {self.seed})"
         )
-        lines.append(f"  metric:   {self.metric} ({self.mode}), told to Optuna as the mean "
-                     "over a configuration's runs")
+        lines.append(self._metric_line())
         if self.compare_knob:
             by = f", broken down by {', '.join(self.verdict_by)}" if self.verdict_by else ""
             lines.append(f"  verdict:  {self.verdict_metric}, equivalence margin "
@@ -146,6 +152,14 @@ class StudySpec:
         lines.append(f"  per run:  {fmt_number(self.cpu)} cpu, {fmt_number(self.gpu)} gpu")
         # the question, file and dataset path are the user's: shown, never obeyed
         return printable("\n".join(lines))
+
+    def _metric_line(self) -> str:
+        if not self.multi_objective:
+            return (f"  metric:   {self.metric} ({self.mode}), told to Optuna as the mean "
+                    "over a configuration's runs")
+        return ("  metrics:  " + ", ".join(f"{m} ({d})" for m, d in self.objectives)
+                + ": a multi-objective search (Pareto front), each told to Optuna as the "
+                "mean over a configuration's runs")
 
 
 # --------------------------------------------------------------------------------------

@@ -125,16 +125,6 @@ def check_run_count(c: Context, trials: int, levels: int, repeats: int) -> None:
                f"{repeats} = {runs}): split the study", "too many runs")
 
 
-def parse_metric(c: Context, value: Any) -> tuple[str, str]:
-    """`metric: NAME` or {name, mode}: the metric Optuna optimizes and its direction."""
-    if isinstance(value, str):
-        value = {"name": value}
-    metric_map = c.mapping("metric", value, ["name", "mode"])
-    metric = c.string("metric.name", metric_map.get("name", "val_accuracy"), list(METRICS))
-    mode = c.string("metric.mode", metric_map.get("mode", METRICS[metric]), ["max", "min"])
-    return metric, mode
-
-
 @dataclass(frozen=True)
 class _Verdict:
     """`verdict:`; the fields are StudySpec's of the same names."""

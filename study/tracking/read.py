@@ -7,6 +7,7 @@ colleague's file, read with the bounded YAML reader; children are read page by p
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +101,20 @@ def _row(child: Any, spec: StudySpec) -> dict[str, Any]:
         "status": t.get("study.status", "unknown"),
         "epochs": int(t.get("study.epochs", 0)),
         **{f"param.{k}": v for k, v in params.items()},
-        **child.data.metrics, "mlflow_run_id": child.info.run_id,
+        **child.data.metrics, **_model_cost(p), "mlflow_run_id": child.info.run_id,
         "mlflow_status": child.info.status,
     }
+
+
+def _model_cost(params: Mapping[str, str]) -> dict[str, int | None]:
+    """A child run's model_params and macs (logged as params), None where absent or not
+    a whole number (a store's text is not trusted)."""
+    out: dict[str, int | None] = {}
+    for key, param in (("model_params", "model_params"), ("macs", "macs_per_example")):
+        text = params.get(param)
+        out[key] = int(text) if isinstance(text, str) and text.isascii() and text.isdigit() \
+            and len(text) < 30 else None
+    return out
 
 
 def _typed(knob: str, text: str | None) -> Any:

@@ -234,6 +234,7 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
             optuna_storage: str | None, echo: Echo | None) -> StudyResult:
     from mlflow.tracking import MlflowClient
 
+    from study.search.objectives import run_objectives
     from study.search.searcher import BlockSearcher
     from study.tracking.writer import MlflowWriter
     from study.tune.callback import StudyCallback
@@ -253,7 +254,8 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
                              seeds_per_block=seeds_per_block)
     remaining = searcher.restore_progress(
         {k: usable_value(r, spec.metric) for k, r in done.items()},
-        pruned={k for k, r in done.items() if r["status"] == RunStatus.PRUNED})
+        pruned={k for k, r in done.items() if r["status"] == RunStatus.PRUNED},
+        objectives={k: run_objectives(spec, r) for k, r in done.items()})
     n_resume = int(parent.data.tags.get("study.resumes", "0")) + 1
     MlflowClient(spec.tracking_uri).update_run(parent.info.run_id, status="RUNNING")
     writer = MlflowWriter(spec.tracking_uri, spec.name, parent_name=execution,
@@ -589,13 +591,15 @@ def _result(spec: StudySpec, execution: str, status: str, cb: StudyCallback,
         configs.append(ConfigRecord(index=c.index, optuna_trial=c.optuna_number,
                                     params=dict(c.params),
                                     value=c.value if c.told else None, runs=len(c.runs),
-                                    usable_runs=len(finite_values(c.values.values()))))
+                                    usable_runs=len(finite_values(c.values.values())),
+                                    objective_values=tuple(c.means or ())))
     runs = sorted(cb.records.values(), key=lambda r: (r.config, r.seed, str(r.level)))
     return StudyResult(name=spec.name, execution=execution, status=status, metric=spec.metric,
                        mode=spec.mode, runs=runs, configs=configs,
                        tracking_uri=spec.tracking_uri, experiment_id=writer.experiment_id,
                        parent_run_id=writer.parent_run_id, optuna_storage=spec.optuna_storage,
-                       optuna_study=execution, wall_seconds=wall)
+                       optuna_study=execution, wall_seconds=wall,
+                       objectives=list(spec.objectives))
 
 
 def _spec_yaml(spec: StudySpec) -> str:
