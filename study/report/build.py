@@ -12,6 +12,7 @@ import html
 import io
 import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -598,5 +599,27 @@ def rebuild(name: str, *, tracking_uri: str | None = None, optuna_storage: str |
     if log_to_mlflow:
         from mlflow.tracking import MlflowClient
 
-        MlflowClient(uri).log_artifacts(parent.info.run_id, str(folder), "report")
+        client = MlflowClient(uri)
+        client.log_artifacts(parent.info.run_id, str(folder), "report")
+        _log_answer(client, parent, spec, exe, report)
     return report, spec, folder
+
+
+def _log_answer(client: Any, parent: Any, spec: StudySpec, execution: str,
+                report: Report) -> None:
+    """The rebuilt report's verdicts on the parent run, as the runner writes them
+    (study.tracking.answer); the best configuration's tags stay as the run left them."""
+    from mlflow.entities import Metric, RunTag
+
+    from study.tracking.answer import NOTE_TAG, answer_of, experiment_view_tag, note_text
+
+    answer = answer_of(report.effects, metric=spec.metric)
+    tags = {**answer.tags, NOTE_TAG: note_text(spec.question, spec.summary(),
+                                               report.effects)}
+    now = int(time.time() * 1000)
+    client.log_batch(parent.info.run_id,
+                     metrics=[Metric(k, v, now, 0) for k, v in answer.metrics.items()],
+                     tags=[RunTag(k, v) for k, v in tags.items()])
+    if answer.metrics or answer.tags:
+        client.set_experiment_tag(parent.info.experiment_id,
+                                  *experiment_view_tag(execution, answer))
