@@ -608,14 +608,15 @@ def rebuild(name: str, *, tracking_uri: str | None = None, optuna_storage: str |
 def _log_answer(client: Any, parent: Any, spec: StudySpec, execution: str,
                 report: Report) -> None:
     """The rebuilt report's verdicts on the parent run, as the runner writes them
-    (study.tracking.answer); the best configuration's tags stay as the run left them."""
+    (study.tracking.answer); the best configuration and the description's question and
+    summary stay as the run left them."""
     from mlflow.entities import Metric, RunTag
 
-    from study.tracking.answer import NOTE_TAG, answer_of, experiment_view_tag, note_text
+    from study.tracking.answer import NOTE_TAG, answer_of, experiment_view_tag, renote
 
     answer = answer_of(report.effects, metric=spec.metric)
-    tags = {**answer.tags, NOTE_TAG: note_text(spec.question, spec.summary(),
-                                               report.effects)}
+    note = renote(parent.data.tags.get(NOTE_TAG, ""), spec.question, report.effects)
+    tags = {**answer.tags, NOTE_TAG: note}
     now = int(time.time() * 1000)
     client.log_batch(parent.info.run_id,
                      metrics=[Metric(k, v, now, 0) for k, v in answer.metrics.items()],

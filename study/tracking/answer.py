@@ -28,7 +28,7 @@ from study.redact import redact_uri
 from study.report.stats import Effect, scale, show_value
 
 __all__ = ["EXPERIMENT_TAGS", "NOTE_TAG", "Answer", "answer_of", "experiment_view_tag",
-           "note_text", "runs_view_url", "ui_base_url"]
+           "note_text", "renote", "runs_view_url", "ui_base_url"]
 
 NOTE_TAG = "mlflow.note.content"  # MLflow's run description
 # MLflow 3 sorts experiments into GenAI and model-training ones by this tag (its UI writes it
@@ -104,9 +104,19 @@ def _shown(value: float) -> float:
 def note_text(question: str, summary: str, effects: Iterable[Effect] = ()) -> str:
     """The parent run's description: the verdict sentences (the whole study's) first, then
     the question and the spec's summary."""
+    return _verdict_head(effects) + f"**{question}**\n\n```\n{summary}\n```"
+
+
+def renote(note: str, question: str, effects: Iterable[Effect]) -> str:
+    """A description written by :func:`note_text` with its verdict sentences replaced by
+    those of `effects` (a rebuilt report's); the question and summary stay as written."""
+    start = note.find(f"**{question}**")
+    return _verdict_head(effects) + (note[start:] if start >= 0 else f"**{question}**")
+
+
+def _verdict_head(effects: Iterable[Effect]) -> str:
     sentences = [f"**{e.sentence()}**" for e in effects if e.group == "all"]
-    head = "\n\n".join(sentences) + "\n\n" if sentences else ""
-    return f"{head}**{question}**\n\n```\n{summary}\n```"
+    return "\n\n".join(sentences) + "\n\n" if sentences else ""
 
 
 def experiment_view_tag(execution: str, answer: Answer) -> tuple[str, str]:
