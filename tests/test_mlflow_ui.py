@@ -56,6 +56,8 @@ def test_report_rebuild_writes_the_same_answer(answered_study, tmp_path):
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(uri)
     before = parent_of(result, uri).data
+    view_key = f"mlflow.sharedViewState.{result.execution}"
+    view_before = client.get_experiment(result.experiment_id).tags[view_key]
     client.delete_tag(result.parent_run_id, "verdict.bias.false")
     note = before.tags[NOTE_TAG]  # back as it was before the verdict was known
     client.set_tag(result.parent_run_id, NOTE_TAG, note[note.index("**Does the conv"):])
@@ -65,6 +67,8 @@ def test_report_rebuild_writes_the_same_answer(answered_study, tmp_path):
     assert after.tags["verdict.bias.false"] == before.tags["verdict.bias.false"]
     assert after.tags[NOTE_TAG] == before.tags[NOTE_TAG]
     assert after.metrics == before.metrics
+    view = client.get_experiment(result.experiment_id).tags[view_key]  # every column kept
+    assert view == view_before and "metrics.`best.val_accuracy`" in view
 
 
 @pytest.mark.parametrize(("uri", "base"), [

@@ -605,6 +605,15 @@ def rebuild(name: str, *, tracking_uri: str | None = None, optuna_storage: str |
     return report, spec, folder
 
 
+def _best_of_parent(parent: Any, spec: StudySpec) -> tuple[int, float] | None:
+    """The best configuration the run tagged on its parent (index, value), if any."""
+    tags = parent.data.tags
+    try:
+        return int(tags["study.best_config"]), float(tags[f"study.best_{spec.metric}"])
+    except (KeyError, ValueError):
+        return None
+
+
 def _log_answer(client: Any, parent: Any, spec: StudySpec, execution: str,
                 report: Report) -> None:
     """The rebuilt report's verdicts on the parent run, as the runner writes them
@@ -614,7 +623,7 @@ def _log_answer(client: Any, parent: Any, spec: StudySpec, execution: str,
 
     from study.tracking.answer import NOTE_TAG, answer_of, experiment_view_tag, renote
 
-    answer = answer_of(report.effects, metric=spec.metric)
+    answer = answer_of(report.effects, metric=spec.metric, best=_best_of_parent(parent, spec))
     note = renote(parent.data.tags.get(NOTE_TAG, ""), spec.question, report.effects)
     tags = {**answer.tags, NOTE_TAG: note}
     now = int(time.time() * 1000)
