@@ -4,6 +4,7 @@ parent run's answer as MLflow holds it, which needs no browser."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -12,10 +13,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.tracking.answer import EXPERIMENT_TAGS, NOTE_TAG, runs_view_url, ui_base_url
+from study.report.stats import Effect
+from study.tracking.answer import (
+    EXPERIMENT_TAGS,
+    NOTE_TAG,
+    answer_of,
+    runs_view_url,
+    ui_base_url,
+)
 from tests.test_deploy import MlflowServer
-
-pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get("STUDY_CHROMIUM", "/usr/bin/chromium")
 
@@ -24,6 +30,7 @@ def parent_of(result, uri: str):
     return MlflowClient(uri).get_run(result.parent_run_id)
 
 
+@pytest.mark.slow
 def test_parent_run_carries_the_answer(answered_study):
     result, root, _ = answered_study
     uri = f"sqlite:///{root}/mlflow.db"
@@ -49,6 +56,7 @@ def test_parent_run_carries_the_answer(answered_study):
     assert result.runs_url == runs_view_url(uri, result.experiment_id, result.execution)
 
 
+@pytest.mark.slow
 def test_report_rebuild_writes_the_same_answer(answered_study, tmp_path):
     from study.report.build import rebuild
 
@@ -69,6 +77,39 @@ def test_report_rebuild_writes_the_same_answer(answered_study, tmp_path):
     assert after.metrics == before.metrics
     view = client.get_experiment(result.experiment_id).tags[view_key]  # every column kept
     assert view == view_before and "metrics.`best.val_accuracy`" in view
+
+
+def effect(level, group="all", n=5, mean=0.004, lo=-0.001, hi=0.009) -> Effect:
+    return Effect("bias_init", 0.0, level, "test_accuracy", group, n, mean, 0.01, lo, hi,
+                  0.1, 0.3, 0.005, "inconclusive", 12, 0, 0, 0.9, 0.904)
+
+
+@pytest.mark.parametrize("level, group", [
+    (0.01, "all"), (-1.5, "norm=batch"), ("a b=c/d", "all"), ("x`y'z", "by=\"q\" r"),
+    ("../..", "all"), (float("inf"), "w=é"),
+])
+def test_answer_names_are_names_mlflow_takes_whatever_the_levels(level, group):
+    from mlflow.utils.validation import _validate_metric_name, _validate_tag_name
+
+    ans = answer_of([effect(level, group)], metric="val_accuracy", best=(3, 0.91234567))
+    assert len(ans.metrics) == 5 and len(ans.tags) >= 3
+    for k in ans.metrics:
+        _validate_metric_name(k)  # raises on a name MLflow refuses
+        assert len(k) <= 250
+    for k in ans.tags:
+        _validate_tag_name(k)
+    diff = next(v for k, v in ans.metrics.items() if k.endswith(".diff_pp"))
+    assert diff == 0.4 and ans.metrics["best.val_accuracy"] == 0.9123
+
+
+def test_answer_leaves_out_what_has_no_number():
+    ans = answer_of([effect(1.0, n=1, lo=math.nan, hi=math.nan), effect(0.1, n=0)],
+                    metric="val_loss")
+    assert ans.tags == {"verdict.bias_init.1.0": "inconclusive",
+                        "study.verdict.bias_init.1.0": "inconclusive",
+                        "verdict.bias_init.0.1": "no usable pairs"}
+    assert set(ans.metrics) == {"verdict.bias_init.1.0.diff_pp",
+                                "verdict.bias_init.1.0.n_pairs"}
 
 
 @pytest.mark.parametrize(("uri", "base"), [
@@ -118,6 +159,7 @@ def wait_for_headers(page, names: list[str], timeout: float = 45.0) -> list[str]
         page.wait_for_timeout(250)
 
 
+@pytest.mark.slow
 def test_runs_view_shows_the_parent_its_children_and_the_answer(answered_study,
                                                                 tmp_path):
     sync_playwright = browser()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,18 @@ def test_a_failing_progress_function_is_reported_once_and_the_study_goes_on(tmp_
     assert [r.getMessage() for r in caplog.records] == [
         "on_progress raised; it is not called again in this study"]
     assert "bar broke" in caplog.text
+
+
+def test_the_printer_pickles_without_the_callers_functions(tmp_path):
+    """Tune pickles its callbacks: a notebook's closure must stay behind, not break it."""
+    import pickle
+
+    lock = threading.Lock()  # unpicklable, like many closures' contents
+    printer = ProgressPrinter(spec_of(tmp_path), lambda line: lock,
+                              on_progress=lambda p: lock)
+    back = pickle.loads(pickle.dumps(printer))
+    assert back.echo is None and back.on_progress is None
+    assert back.spec.name == "tiny"
 
 
 @pytest.mark.slow

@@ -82,7 +82,7 @@ def answer_of(effects: Iterable[Effect], *, metric: str,
             continue
         out.tags[key] = e.verdict
         if e.group == "all":
-            out.tags[f"study.verdict.{e.knob}.{e.level}"] = e.verdict
+            out.tags[f"study.verdict.{e.knob}.{_UNSAFE.sub('_', str(e.level))}"] = e.verdict
         s = scale(e.metric)
         unit = "_pp" if s == 100.0 else ""
         for name, value in ((f"diff{unit}", e.mean * s), (f"ci_low{unit}", e.ci_low * s),
