@@ -295,6 +295,7 @@ def _run(spec: StudySpec, echo: Echo | None, on_progress: OnProgress | None) -> 
              f"MLflow {redact_uri(spec.tracking_uri)} (experiment {spec.name!r}); "
              f"Optuna {redact_uri(spec.optuna_storage)}; "
              f"{_describe_plan(spec, fuse, seeds_per_block)}")
+        echo(f"runs, live: {runs_view_url(spec.tracking_uri, writer.experiment_id)}")
     callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"], on_progress=on_progress)
     return _execute(spec, execution, execution, searcher, writer, callback, storage,
                     spec.total_runs, echo, t0, fuse)
