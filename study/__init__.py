@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 from study.spec import SpecError, StudySpec, load_spec
 
 if TYPE_CHECKING:
-    from study.records import ConfigRecord, ReportError, RunRecord, StudyResult
+    from study.records import ConfigRecord, Progress, ReportError, RunRecord, StudyResult
 
-__all__ = ["ConfigRecord", "ReportError", "RunRecord", "SpecError", "StudyResult",
+__all__ = ["ConfigRecord", "Progress", "ReportError", "RunRecord", "SpecError", "StudyResult",
            "StudySpec", "load_spec", "resume", "run"]
 __version__ = "0.1.0"
 
@@ -41,7 +41,7 @@ def resume(target: Any, **kwargs: Any) -> StudyResult:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("ConfigRecord", "ReportError", "RunRecord", "StudyResult"):
+    if name in ("ConfigRecord", "Progress", "ReportError", "RunRecord", "StudyResult"):
         from study import records as results
 
         return getattr(results, name)

@@ -242,6 +242,8 @@ def summary(result: Any) -> str:
                  f"{result.parent_run_id} ({result.execution})")
     if result.tracking_uri.startswith("sqlite:"):
         lines.append(f"  view: mlflow ui --backend-store-uri {tracking}")
+    if result.runs_url:
+        lines.append(f"  runs: {result.runs_url}")
     lines.append(f"Optuna: {redact_uri(result.optuna_storage)}, study {result.optuna_study!r}")
     return "\n".join(lines)
 

@@ -14,7 +14,7 @@ from typing import Any
 from study.redact import redact_text
 from study.spec import NAME_PATTERN, SpecError
 
-__all__ = ["ENDED", "STATUSES", "USABLE", "ConfigRecord", "ReportError", "RunRecord",
+__all__ = ["ENDED", "STATUSES", "USABLE", "ConfigRecord", "Progress", "ReportError", "RunRecord",
            "RunStatus", "StudyResult", "StudyStatus", "check_execution_id", "check_run_id",
            "check_study_ref", "count_statuses", "error_summary", "new_execution_id"]
 
@@ -194,6 +194,7 @@ class StudyResult:
     mlflow_dropped_runs: list[str] = field(default_factory=list)  # run keys they were for
     # (metric, mode) of every objective; more than one: a multi-objective study
     objectives: list[tuple[str, str]] = field(default_factory=list)
+    runs_url: str = ""  # the MLflow UI's runs table of the experiment, answer columns shown
 
     @property
     def best(self) -> ConfigRecord | None:
@@ -233,6 +234,26 @@ class StudyResult:
     def table(self) -> list[dict[str, Any]]:
         """One row per run: knobs as ``param.*``, final metrics, status, ids."""
         return [r.as_row() for r in self.runs]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a running study stands: what ``run(..., on_progress=f)`` hands `f` (at most
+    about once a second, and once more at the end with `finished` set)."""
+
+    study: str
+    runs_total: int  # planned runs of this execution
+    runs_done: int  # ended: completed, diverged, failed or pruned
+    runs_running: int
+    runs_failed: int
+    runs_diverged: int
+    fraction: float  # of the planned work done (a running run counts its epochs), 0..1
+    elapsed_s: float  # since the study's callback started
+    eta_s: float | None  # seconds left at the measured speed; None until it is measured
+    metric: str
+    best_value: float | None  # best configuration so far (mean over its ended runs)
+    best_config: int | None
+    finished: bool = False  # the last event: no run is left to report
 
 
 class ReportError(RuntimeError):

@@ -69,3 +69,33 @@ def tiny_spec(**over) -> dict:
     }
     raw.update(over)
     return raw
+
+
+@pytest.fixture(scope="session")
+def answered_study(ray_local, tmp_path_factory):
+    """One tiny real study, its stores in a folder of its own, shared by the tests of what
+    users see of it (MLflow UI, Optuna's dashboard, progress events): (result, folder,
+    the Progress events its on_progress received)."""
+    import yaml
+
+    import study
+
+    root = tmp_path_factory.mktemp("answered")
+    raw = tiny_spec(name="answered", repeats=2,
+                    space={"depth": {"int": [1, 3]}, "norm": {"choice": ["batch", "none"]}},
+                    model={"name": "cnn", "width": 4},
+                    verdict={"metric": "test_accuracy", "equivalence_margin": 0.05,
+                             "by": "norm"},
+                    storage={"tracking": f"sqlite:///{root}/mlflow.db",
+                             "optuna": f"sqlite:///{root}/optuna.db",
+                             "results": str(root / "results")})
+    path = root / "answered.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    events: list = []
+    here = os.getcwd()
+    os.chdir(root)  # MLflow's artifacts (./mlruns) go there too
+    try:
+        result = study.run(path, echo=None, on_progress=events.append)
+    finally:
+        os.chdir(here)
+    return result, root, events

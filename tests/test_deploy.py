@@ -81,11 +81,13 @@ def mlflow_server_command(options: dict[str, str]) -> tuple[list[str], dict[str,
 
 class MlflowServer:
     """A real `mlflow server` started as the compose file's MLflow service, on 127.0.0.1
-    with a SQLite store under `root`; `app_env` adds environment (e.g. MLflow's basic auth)."""
+    with a SQLite store under `root` (or `backend`); `app_env` adds environment (e.g.
+    MLflow's basic auth)."""
 
     def __init__(self, root: Path, extra: list[str] | None = None,
-                 app_env: dict[str, str] | None = None) -> None:
+                 app_env: dict[str, str] | None = None, backend: str | None = None) -> None:
         self.root, self.port = root, free_port()
+        self.backend = backend or f"sqlite:///{root}/server.db"  # a study's own store too
         self.uri = f"http://127.0.0.1:{self.port}"
         self.extra, self.app_env = extra or [], app_env or {}
         self.proc: subprocess.Popen | None = None
@@ -93,7 +95,7 @@ class MlflowServer:
     def start(self) -> None:
         argv, env = mlflow_server_command({
             "--host": "127.0.0.1", "--port": str(self.port), "--workers": "1",
-            "--backend-store-uri": f"sqlite:///{self.root}/server.db",
+            "--backend-store-uri": self.backend,
             "--artifacts-destination": str(self.root / "artifacts")})
         self.proc = subprocess.Popen(
             argv + self.extra, env={**os.environ, **env, **self.app_env}, cwd=self.root,

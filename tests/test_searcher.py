@@ -239,19 +239,29 @@ def test_a_trial_created_but_not_filled_is_completed_on_resume(tmp_path):
 def reference_study(s, url, name, *, prune=(), fail=(), value=fake_metric):
     """What BlockSearcher promises, as a plain Optuna ask/tell loop: configuration k is asked
     with the sampler seeded for k once configurations 0..k-P are told, and each is told,
-    in order, as soon as the next P-1 are asked (P = search.pending)."""
+    in order, as soon as the next P-1 are asked (P = search.pending); each trial carries the
+    user attributes the README lists for Optuna's dashboard."""
     study = optuna.create_study(storage=url, study_name=name, pruner=optuna.pruners.NopPruner(),
                                 direction="minimize" if s.mode == "min" else "maximize")
     asked: list[dict] = []
+    storage = optuna.storages.RDBStorage(url)
 
     def tell(j):
+        runs = expand_runs(s, j, asked[j])
+        values = {r["run_key"]: None if j in prune or j in fail else value(r) for r in runs}
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(name), j)
+        for key, v in {"runs_ended": len(runs), "runs_pruned": len(runs) if j in prune else 0,
+                       "runs_with_value": 0 if j in prune or j in fail else len(runs),
+                       "runs_without_value": len(runs) if j in fail else 0,
+                       "run_values": dict(sorted(values.items()))}.items():
+            storage.set_trial_user_attr(trial_id, key, v)
         if j in prune:
             study.tell(j, state=TrialState.PRUNED)
         elif j in fail:
             study.tell(j, state=TrialState.FAIL)
         else:
-            values = [value(r) for r in expand_runs(s, j, asked[j])]
-            study.tell(j, math.fsum(values) / len(values))
+            study.tell(j, math.fsum(values.values()) / len(values))
 
     for k in range(s.trials):
         if k >= s.pending:
@@ -260,6 +270,11 @@ def reference_study(s, url, name, *, prune=(), fail=(), value=fake_metric):
         trial = study.ask()
         define_by_run(s)(trial)
         asked.append(trial.params)
+        runs = expand_runs(s, k, trial.params)
+        for key, v in {"config": k, "runs_planned": len(runs),
+                       "seeds": sorted({r["seed"] for r in runs}), "compared": s.compare_knob,
+                       "levels": list(s.compare_levels)}.items():
+            trial.set_user_attr(key, v)
     for j in range(max(0, s.trials - s.pending), s.trials):
         tell(j)
     return study, asked

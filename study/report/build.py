@@ -12,6 +12,7 @@ import html
 import io
 import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -535,5 +536,37 @@ def rebuild(name: str, *, tracking_uri: str | None = None, optuna_storage: str |
     if log_to_mlflow:
         from mlflow.tracking import MlflowClient
 
-        MlflowClient(uri).log_artifacts(parent.info.run_id, str(folder), "report")
+        client = MlflowClient(uri)
+        client.log_artifacts(parent.info.run_id, str(folder), "report")
+        _log_answer(client, parent, spec, exe, report)
     return report, spec, folder
+
+
+def _best_of_parent(parent: Any, spec: StudySpec) -> tuple[int, float] | None:
+    """The best configuration the run tagged on its parent (index, value), if any."""
+    tags = parent.data.tags
+    try:
+        return int(tags["study.best_config"]), float(tags[f"study.best_{spec.metric}"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _log_answer(client: Any, parent: Any, spec: StudySpec, execution: str,
+                report: Report) -> None:
+    """The rebuilt report's verdicts on the parent run, as the runner writes them
+    (study.tracking.answer); the best configuration and the description's question and
+    summary stay as the run left them."""
+    from mlflow.entities import Metric, RunTag
+
+    from study.tracking.answer import NOTE_TAG, answer_of, experiment_view_tag, renote
+
+    answer = answer_of(report.effects, metric=spec.metric, best=_best_of_parent(parent, spec))
+    note = renote(parent.data.tags.get(NOTE_TAG, ""), spec.question, report.effects)
+    tags = {**answer.tags, NOTE_TAG: note}
+    now = int(time.time() * 1000)
+    client.log_batch(parent.info.run_id,
+                     metrics=[Metric(k, v, now, 0) for k, v in answer.metrics.items()],
+                     tags=[RunTag(k, v) for k, v in tags.items()])
+    if answer.metrics or answer.tags:
+        client.set_experiment_tag(parent.info.experiment_id,
+                                  *experiment_view_tag(execution, answer))

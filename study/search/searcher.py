@@ -34,7 +34,8 @@ from study.search.objectives import config_means, run_objectives, study_directio
 from study.search.space import define_by_run, expand_runs, make_sampler
 from study.spec import StudySpec
 
-__all__ = ["BlockSearcher", "ConfigState", "open_study", "reattach_trial"]
+__all__ = ["BlockSearcher", "ConfigState", "ask_attrs", "open_study", "reattach_trial",
+           "tell_attrs"]
 
 
 @dataclass
@@ -96,10 +97,37 @@ def reattach_trial(study: optuna.Study, storage: optuna.storages.BaseStorage,
     return optuna.Trial(study, trial_id)
 
 
+def ask_attrs(spec: StudySpec, index: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a configuration's Optuna trial says about its runs when it is asked for (Optuna's
+    dashboard shows these user attributes): its index, planned runs, seeds and levels."""
+    attrs: dict[str, Any] = {"config": index, "runs_planned": len(runs),
+                             "seeds": sorted({r["seed"] for r in runs})}
+    if spec.compare_knob:
+        attrs["compared"] = spec.compare_knob
+        attrs["levels"] = [_json_value(v) for v in spec.compare_levels]
+    return attrs
+
+
+def tell_attrs(cfg: ConfigState) -> dict[str, Any]:
+    """What it says once every run ended: counts, and each run's value (None: no value)."""
+    usable = [k for k, v in cfg.values.items() if v is not None]
+    return {"runs_ended": len(cfg.values), "runs_with_value": len(usable),
+            "runs_pruned": len(cfg.pruned),
+            "runs_without_value": len(cfg.values) - len(usable) - len(cfg.pruned),
+            "run_values": {k: cfg.values[k] for k in sorted(cfg.values)}}
+
+
+def _json_value(v: Any) -> Any:
+    return v if isinstance(v, (bool, int, float, str)) or v is None else str(v)
+
+
 class BlockSearcher(Searcher):
     def __init__(self, spec: StudySpec, *, storage: optuna.storages.BaseStorage,
                  study_name: str, pruned_trials: set[str] | None = None,
-                 seeds_per_block: int = 1) -> None:
+                 seeds_per_block: int = 1,
+                 trial_attrs: Mapping[str, Any] | None = None) -> None:
+        """`trial_attrs`: user attributes every configuration's Optuna trial (and the study)
+        carries besides its own (see :func:`ask_attrs`), e.g. the MLflow parent run id."""
         super().__init__(metric=spec.metric, mode=spec.mode)
         self.spec = spec
         # Tune trial ids the scheduler stopped early (filled by the runner's ASHA)
@@ -112,6 +140,9 @@ class BlockSearcher(Searcher):
         self.trial_runs: dict[str, tuple[int, list[str]]] = {}  # trial id -> (config, runs)
         self.last: dict[str, dict] = {}  # running trial id -> its latest result
         self.next_to_tell = 0
+        self.trial_attrs = dict(trial_attrs or {})
+        for k, v in self.trial_attrs.items():
+            self.study.set_user_attr(k, v)
 
     # -- Tune API --
 
@@ -138,6 +169,8 @@ class BlockSearcher(Searcher):
         runs = expand_runs(self.spec, k, params)
         for r in runs:
             r["optuna_trial"] = trial.number
+        for key, value in {**self.trial_attrs, **ask_attrs(self.spec, k, runs)}.items():
+            trial.set_user_attr(key, value)
         self.configs.append(ConfigState(k, params, trial.number, runs))
         self.queue.extend(self._blocks(runs))
         self._tell_ready()
@@ -242,6 +275,11 @@ class BlockSearcher(Searcher):
 
     def _tell(self, cfg: ConfigState) -> None:
         """Tell Optuna how configuration `cfg` ended, by its trial number."""
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id,
+                                                                         cfg.optuna_number)
+        for key, value in tell_attrs(cfg).items():
+            self.storage.set_trial_user_attr(trial_id, key, value)
         if cfg.pruned:  # stopped early by the scheduler: PRUNED, not an early metric
             self.study.tell(cfg.optuna_number, state=TrialState.PRUNED)
         elif cfg.value is None:  # no usable run

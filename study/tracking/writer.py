@@ -24,7 +24,7 @@ from study.redact import redact_text, redact_uri, use_http_credentials
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MlflowWriter", "TrackingError", "check_tracking_uri", "key_part",
+__all__ = ["MlflowWriter", "TrackingError", "check_tracking_uri",
            "reachable_tracking_uri"]
 
 MAX_ENTITIES_PER_BATCH = 1000  # MLflow's log_batch limits: in all, and of each kind
@@ -33,21 +33,8 @@ MAX_TAGS_PER_BATCH = 100
 MAX_PARAM_CHARS = 6000
 
 
-_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-. :/")
-_KEY_PART_CHARS = 80  # MLflow keys are at most 250 characters
 
 
-def key_part(value: Any) -> str:
-    """`value` as part of an MLflow tag or metric key: its text if MLflow allows it there,
-    else its allowed characters ("_" for the others) and a hash of the whole text, so two
-    values never share a key (a per-layer rule "0,1..." -> "0_1...-" + 8 hex digits)."""
-    import hashlib
-
-    text = str(value)
-    if len(text) <= _KEY_PART_CHARS and set(text) <= _KEY_CHARS:
-        return text
-    safe = "".join(ch if ch in _KEY_CHARS else "_" for ch in text[:_KEY_PART_CHARS])
-    return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 class TrackingError(RuntimeError):
@@ -171,7 +158,8 @@ class MlflowWriter:
 
     def __init__(self, tracking_uri: str, experiment: str, *, parent_name: str,
                  parent_tags: Mapping[str, Any], parent_params: Mapping[str, Any],
-                 parent_run_id: str | None = None, flush_seconds: float = 1.0) -> None:
+                 parent_run_id: str | None = None, flush_seconds: float = 1.0,
+                 experiment_tags: Mapping[str, str] | None = None) -> None:
         from mlflow.entities import Param, RunTag
         from mlflow.tracking import MlflowClient
 
@@ -186,6 +174,9 @@ class MlflowWriter:
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
             experiment)
+        for k, v in (experiment_tags or {}).items():  # also on an experiment made before
+            if exp is None or exp.tags.get(k) != v:
+                self.client.set_experiment_tag(self.experiment_id, k, v)
         if parent_run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=parent_name,
                                          tags={k: _str(v) for k, v in parent_tags.items()})
@@ -212,6 +203,10 @@ class MlflowWriter:
         self._thread = threading.Thread(target=self._send_until_stopped, name="study-mlflow",
                                         daemon=True)
         self._thread.start()
+
+    def set_experiment_tag(self, key: str, value: str) -> None:
+        """Tag the study's experiment now (e.g. a saved runs-table view, at the end)."""
+        self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def log_parent_text(self, text: str, artifact_file: str) -> None:
         """Write a text artifact to the parent run now (before any run starts)."""
@@ -270,17 +265,21 @@ class MlflowWriter:
             return len(self._ops)
 
     def close(self, status: str = "FINISHED", tags: Mapping[str, Any] | None = None,
-              timeout: float | None = None) -> bool:
+              timeout: float | None = None,
+              metrics: Mapping[str, float] | None = None) -> bool:
         """Flush, tag and end the parent run; True if every write reached MLflow.
 
         Waits up to `timeout` seconds (default $STUDY_MLFLOW_FLUSH_TIMEOUT or 600) for a
         tracking server that is down to come back. Writes MLflow refused, or left unsent,
         are counted in `dropped_writes` (their runs in `dropped_runs`) and named in the
-        parent's tags ``study.mlflow_dropped_writes`` and ``study.mlflow_dropped_runs``."""
+        parent's tags ``study.mlflow_dropped_writes`` and ``study.mlflow_dropped_runs``.
+        `metrics` go to the parent run (step 0) with `tags`."""
         from mlflow.exceptions import MlflowException
 
         if timeout is None:
             timeout = float(os.environ.get("STUDY_MLFLOW_FLUSH_TIMEOUT", "600"))
+        if metrics:
+            self.log_metrics("", metrics, step=0)
         if tags:
             self._put(_Op("tags", "", {"tags": dict(tags)}))
         if not self.flush(5.0):

@@ -20,7 +20,7 @@ from study.records import ENDED, USABLE, RunRecord, RunStatus
 from study.spec import StudySpec
 from study.tracking.child_runs import ChildRuns
 from study.tune.ledger import RunLedger
-from study.tune.progress import Echo, ProgressPrinter
+from study.tune.progress import Echo, OnProgress, ProgressPrinter
 from study.tune.warmup import ReportWarmup
 
 __all__ = ["PruningASHA", "StudyCallback"]
@@ -33,10 +33,12 @@ class StudyCallback(tune.Callback):
     pickle it without its secrets, and leave their writer and echo function behind."""
 
     def __init__(self, spec: StudySpec, writer: Any, echo: Echo | None,
-                 progress_seconds: float = 5.0, cpus: float = 0.0) -> None:
+                 progress_seconds: float = 5.0, cpus: float = 0.0,
+                 on_progress: OnProgress | None = None) -> None:
         self.ledger = RunLedger()
         self.mlflow = ChildRuns(spec, writer)
-        self.progress = ProgressPrinter(spec, echo, every=progress_seconds)
+        self.progress = ProgressPrinter(spec, echo, every=progress_seconds,
+                                        on_progress=on_progress)
         self.warmup = ReportWarmup(float(spec.cpu), cpus)  # cpus: the cluster's (0: unknown)
         self.pruned_trials: set[str] = set()  # Tune trial ids the scheduler stopped early
 
@@ -124,7 +126,7 @@ class StudyCallback(tune.Callback):
         self._progress()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._progress(force=True)
+        self.progress.update(self.records.values(), force=True, final=True)
 
     def _failed(self, rec: RunRecord, error: str, attempts: int | None) -> None:
         self.ledger.fail(rec, error)

@@ -43,8 +43,18 @@ from study.redact import (
 from study.report.stats import finite_values, usable_value
 from study.spec import SpecError, StudySpec, load_spec
 from study.terminal import say
+from study.tracking.answer import (
+    EXPERIMENT_TAGS,
+    NOTE_TAG,
+    Answer,
+    answer_of,
+    experiment_view_tag,
+    note_text,
+    runs_view_url,
+)
 from study.train.checkpoints import CheckpointStore
 from study.tune import interrupts, ray_adapter
+from study.tune.progress import OnProgress
 
 if TYPE_CHECKING:  # imports Ray Tune: at run time only inside run()/resume()
     from study.tune.callback import StudyCallback
@@ -149,7 +159,7 @@ def _open_optuna_storage(spec: StudySpec) -> Any:
 
 def run(spec: StudySpec | str | os.PathLike[str], *,
         overrides: Mapping[str, Any] | None = None, echo: Echo | None = say,
-        ) -> StudyResult:
+        on_progress: OnProgress | None = None) -> StudyResult:
     """Run a study to the end and return every run and the best configuration.
 
     Args:
@@ -157,6 +167,10 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
         overrides: dotted keys applied to the YAML before validation,
             e.g. ``{"search.trials": 2, "train.epochs": 1}``.
         echo: where progress lines go (``None``: silent).
+        on_progress: called with a :class:`study.records.Progress` at most about once a
+            second while runs report, and once more at the end (``finished`` set), in the
+            calling process: e.g. to move a notebook's progress bar. If it raises, the
+            error is logged and it is not called again; the study goes on.
 
     Raises:
         SpecError: a bad spec, data file or store, found before any run.
@@ -169,10 +183,10 @@ def run(spec: StudySpec | str | os.PathLike[str], *,
         raise ValueError("overrides apply to a spec file; pass a path, not a StudySpec")
     spec = dataclasses.replace(spec, tracking_uri=use_http_credentials(spec.tracking_uri))
     with interrupts.restored_on_error():
-        return _run(spec, echo)
+        return _run(spec, echo, on_progress)
 
 
-def _run(spec: StudySpec, echo: Echo | None) -> StudyResult:
+def _run(spec: StudySpec, echo: Echo | None, on_progress: OnProgress | None) -> StudyResult:
     t0 = time.monotonic()
     storage, cluster = _prepare(spec)
     from study.search.searcher import BlockSearcher
@@ -181,8 +195,6 @@ def _run(spec: StudySpec, echo: Echo | None) -> StudyResult:
 
     execution = new_execution_id(spec.name)
     fuse, seeds_per_block = block_plan(spec, cluster)
-    searcher = BlockSearcher(spec, storage=storage, study_name=execution,
-                             seeds_per_block=seeds_per_block)
     writer = MlflowWriter(
         spec.tracking_uri, spec.name, parent_name=execution,
         parent_tags={"study.name": spec.name, "study.execution": execution,
@@ -192,23 +204,29 @@ def _run(spec: StudySpec, echo: Echo | None) -> StudyResult:
                      "optuna.storage": redact_uri(spec.optuna_storage),
                      "optuna.study_name": execution,
                      "ray.address": redact_uri(os.environ.get("RAY_ADDRESS", "local")),
-                     "mlflow.note.content": f"**{spec.question}**\n\n```\n{spec.summary()}\n```"},
-        parent_params=_parent_params(spec),
+                     NOTE_TAG: note_text(spec.question, spec.summary())},
+        parent_params=_parent_params(spec), experiment_tags=EXPERIMENT_TAGS,
     )
     writer.log_parent_text(_spec_yaml(spec), "spec.yaml")
+    searcher = BlockSearcher(spec, storage=storage, study_name=execution,
+                             seeds_per_block=seeds_per_block,
+                             trial_attrs=_trial_attrs(execution, writer.experiment_id,
+                                                      writer.parent_run_id))
     if echo:
         echo(spec.summary())
         echo(f"execution {execution}: Ray {cluster['CPU']:g} CPU / {cluster['GPU']:g} GPU; "
              f"MLflow {redact_uri(spec.tracking_uri)} (experiment {spec.name!r}); "
              f"Optuna {redact_uri(spec.optuna_storage)}; "
              f"{_describe_plan(spec, fuse, seeds_per_block)}")
-    callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"])
+        echo(f"runs, live: {runs_view_url(spec.tracking_uri, writer.experiment_id)}")
+    callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"], on_progress=on_progress)
     return _execute(spec, execution, execution, searcher, writer, callback, storage,
                     spec.total_runs, echo, t0, fuse)
 
 
 def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
-           optuna_storage: str | None = None, echo: Echo | None = say) -> StudyResult:
+           optuna_storage: str | None = None, echo: Echo | None = say,
+           on_progress: OnProgress | None = None) -> StudyResult:
     """Continue an interrupted study execution (driver killed, Ctrl-C, SIGTERM).
 
     `target` is a spec file, a study name (its latest execution) or an execution id. The
@@ -227,11 +245,12 @@ def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
         ReportError: the runs ended and are stored but the report failed.
     """
     with interrupts.restored_on_error():
-        return _resume(target, tracking_uri, optuna_storage, echo)
+        return _resume(target, tracking_uri, optuna_storage, echo, on_progress)
 
 
 def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
-            optuna_storage: str | None, echo: Echo | None) -> StudyResult:
+            optuna_storage: str | None, echo: Echo | None,
+            on_progress: OnProgress | None) -> StudyResult:
     from mlflow.tracking import MlflowClient
 
     from study.search.objectives import run_objectives
@@ -251,7 +270,9 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
     CheckpointStore(_checkpoint_dir(spec, execution)).clear()
     fuse, seeds_per_block = block_plan(spec, cluster)
     searcher = BlockSearcher(spec, storage=storage, study_name=execution,
-                             seeds_per_block=seeds_per_block)
+                             seeds_per_block=seeds_per_block,
+                             trial_attrs=_trial_attrs(execution, parent.info.experiment_id,
+                                                      parent.info.run_id))
     remaining = searcher.restore_progress(
         {k: usable_value(r, spec.metric) for k, r in done.items()},
         pruned={k for k, r in done.items() if r["status"] == RunStatus.PRUNED},
@@ -261,9 +282,10 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
     writer = MlflowWriter(spec.tracking_uri, spec.name, parent_name=execution,
                           parent_tags={"study.status": StudyStatus.RUNNING,
                                        "study.resumes": n_resume},
-                          parent_params={}, parent_run_id=parent.info.run_id)
+                          parent_params={}, parent_run_id=parent.info.run_id,
+                          experiment_tags=EXPERIMENT_TAGS)
     writer.child_ids.update({k: r["mlflow_run_id"] for k, r in done.items()})
-    callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"])
+    callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"], on_progress=on_progress)
     for r in done.values():
         callback.keep(RunRecord.from_row(r))
     if echo:
@@ -315,6 +337,12 @@ def _settle_children(uri: str, execution: str, done: Iterable[Mapping[str, Any]]
         if r.get("mlflow_status") == "RUNNING":
             client.set_terminated(r["mlflow_run_id"],
                                   "FAILED" if r["status"] == RunStatus.FAILED else "FINISHED")
+
+
+def _trial_attrs(execution: str, experiment_id: str, parent_run_id: str) -> dict[str, str]:
+    """User attributes every Optuna trial of the execution carries: where its runs are."""
+    return {"execution": execution, "mlflow_experiment_id": experiment_id,
+            "mlflow_parent_run_id": parent_run_id}
 
 
 def _is_file(target: str | os.PathLike[str]) -> bool:
@@ -544,27 +572,45 @@ def _outcome(spec: StudySpec, callback: StudyCallback) -> str:
 def _close(spec: StudySpec, result: StudyResult, callback: StudyCallback, writer: Any,
            report_error: Exception | None) -> None:
     """Tag and end the parent run: KILLED if interrupted, FAILED if every run failed or the
-    report could not be made, else FINISHED; writes MLflow dropped go into `result`."""
-    from study.tracking.writer import key_part
-
+    report could not be made, else FINISHED; the answer (study.tracking.answer) as its
+    metrics, tags and description; writes MLflow dropped go into `result`."""
     best = result.best
-    tags = {f"study.runs_{k}": v for k, v in callback.counts().items()}
+    answer = answer_of(result.effects, metric=spec.metric,
+                       best=(best.index, best.value) if best and best.value is not None
+                       else None)
+    tags: dict[str, Any] = {f"study.runs_{k}": v for k, v in callback.counts().items()}
     tags["study.status"] = result.status
-    if best is not None:
-        tags["study.best_config"] = best.index
-        tags[f"study.best_{spec.metric}"] = f"{best.value:.6g}"
-    for e in result.effects:
-        if e.group == "all" and e.n:
-            tags[f"study.verdict.{spec.compare_knob}.{key_part(e.level)}"] = e.verdict
+    tags.update(answer.tags)
+    if result.effects:
+        tags[NOTE_TAG] = note_text(spec.question, spec.summary(), result.effects)
     if report_error is not None:
         tags["study.report_error"] = error_summary(report_error)
     mlflow_status = {StudyStatus.FINISHED: "FINISHED",
                      StudyStatus.INTERRUPTED: "KILLED"}.get(result.status, "FAILED")
     if report_error is not None and mlflow_status == "FINISHED":
         mlflow_status = "FAILED"
-    writer.close(mlflow_status, tags=tags)
+    view = _save_view(writer, result.execution, answer)
+    writer.close(mlflow_status, tags=tags, metrics=answer.metrics)
     result.mlflow_dropped_writes = writer.dropped_writes
     result.mlflow_dropped_runs = [k or "(parent run)" for k in writer.dropped_runs]
+    result.runs_url = runs_view_url(spec.tracking_uri, writer.experiment_id, view)
+
+
+def _save_view(writer: Any, execution: str, answer: Answer) -> str | None:
+    """Save the runs-table view that shows the answer's columns; its name, or None when
+    there is no answer or MLflow refused it (the link then opens the plain runs table)."""
+    from mlflow.exceptions import MlflowException
+
+    if not answer.metrics and not answer.tags:
+        return None
+    key, value = experiment_view_tag(execution, answer)
+    try:
+        writer.set_experiment_tag(key, value)
+    except MlflowException as e:  # a convenience: the answer itself is on the parent run
+        logger.warning("MLflow: the runs-table view %s was not saved (%s)", key,
+                       _last_line(str(e)))
+        return None
+    return execution
 
 
 def _report(spec: StudySpec, result: StudyResult, storage: Any, writer: Any,
