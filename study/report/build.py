@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,16 @@ from study.records import (
     check_study_ref,
 )
 from study.redact import redact_text, redact_uri, usable_uri
+from study.report.budget_report import budget_blocks, budget_curves, plot_budget
+from study.report.figures import fig_png, pyplot
+from study.report.sequential_report import (
+    looks_json,
+    plot_looks,
+    sequential_blocks,
+    sequential_effects,
+    sequential_path,
+    sequential_table,
+)
 from study.report.stats import (
     USABLE,
     Effect,
@@ -66,6 +75,8 @@ class Report:
     markdown: str
     html: str
     images: dict[str, bytes] = field(default_factory=dict)
+    path: Any = None  # study.search.looks.Path of a sequential study (None: none)
+    looks: list[dict[str, Any]] = field(default_factory=list)  # written as looks.json
 
     def write(self, folder: str | Path) -> Path:
         out = Path(folder)
@@ -76,6 +87,8 @@ class Report:
             (out / name).write_bytes(png)
         (out / "effects.json").write_text(json.dumps([_effect_json(e) for e in self.effects],
                                                      indent=1))
+        if self.path is not None:
+            (out / "looks.json").write_text(json.dumps(self.looks, indent=1))
         return out
 
 
@@ -102,10 +115,18 @@ def build_report(inp: ReportInput) -> Report:
                 rows, knob=spec.compare_knob, levels=spec.compare_levels,
                 metric=spec.verdict_metric, margin=spec.margin, mode=spec.verdict_mode,
                 by=by, alpha=spec.alpha) if e.group != "all"]
+    path = sequential_path(rows, spec)
+    if path is not None:
+        effects = sequential_effects(path, rows, spec)
     counts = status_counts(rows)
     images: dict[str, bytes] = {}
-    if effects and any(e.n for e in effects):
+    if path is not None:
+        images["looks.png"] = plot_looks(path, spec)
+    elif effects and any(e.n for e in effects):
         images["effects.png"] = _plot_effects(effects, spec)
+    budget = budget_curves(rows, spec) if spec.compare_knob else {}
+    if budget:
+        images["budget.png"] = plot_budget(budget, spec)
     curve_sets = {}
     for x in ("depth", "width"):
         if len({r.get(f"param.{x}") for r in rows}) > 1:
@@ -116,11 +137,14 @@ def build_report(inp: ReportInput) -> Report:
         images["curves.png"] = _plot_curves(curve_sets, spec)
     if inp.importance:
         images["importance.png"] = _plot_importance(inp.importance)
-    blocks = _blocks_of(inp, effects, counts, curve_sets)
+    blocks = _blocks_of(inp, effects, counts, curve_sets, path)
+    if budget:
+        blocks += budget_blocks(budget, spec)
     title = f"Study report: {spec.name}"
     return Report(title=title, effects=effects, counts=counts,
                   markdown=_markdown(title, blocks), html=_html(title, blocks, images),
-                  images=images)
+                  images=images, path=path,
+                  looks=looks_json(path, spec) if path is not None else [])
 
 
 def _curve_split(spec: StudySpec) -> tuple[str, ...]:
@@ -132,6 +156,8 @@ def verdict_table(report: Report, spec: StudySpec) -> str:
     """A short plain-text table of the verdicts, for the terminal."""
     if not report.effects:
         return "(no compared knob: no verdict)"
+    if report.path is not None:
+        return sequential_table(report.path, spec)
     s, unit = _unit(spec)
     head = f"{'comparison':<34} {'group':<16} {'n':>4} {'mean diff' + unit:>13}  " \
            f"{ci_label(spec.alpha):<19} verdict"
@@ -162,15 +188,20 @@ Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", (head, rows)) 
 
 
 def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str, int],
-               curve_sets: Mapping[str, Any]) -> list[Block]:
+               curve_sets: Mapping[str, Any], path: Any) -> list[Block]:
     """The report's sections, in order."""
     spec = inp.spec
     b: list[Block] = [("p", f"**Question.** {spec.question}")]
     b.append(("p", f"Execution `{inp.execution}` ({inp.status}); MLflow parent run "
                    f"`{inp.parent_run_id}` at `{redact_uri(inp.tracking_uri)}`; spec "
                    f"`{spec.source}`."))
-    if effects:
+    if path is not None:
+        b += sequential_blocks(path, effects, spec)
+    elif effects:
         b += _verdict_section(spec, effects)
+    if spec.sequential and path is None:
+        b.append(("p", "The sequential phase has not started: some search runs have not "
+                       "ended (`study resume` continues the study)."))
     b += _runs_section(inp, counts)
     b += _settings_section(spec)
     if curve_sets:
@@ -226,7 +257,10 @@ def _runs_section(inp: ReportInput, counts: Mapping[str, int]) -> list[Block]:
             [lv, *(str(c.get(st, 0)) for st in statuses), str(sum(c.values()))]
             for lv, c in per_level.items()])),
         ("p", f"{total} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items())
-         + f" (planned: {spec.total_runs}). Failed runs carry no value; diverged runs "
+         + f" (planned by the search: {spec.total_runs}"
+         + (f"; added by the sequential phase: {sum(1 for r in inp.rows if r.get('look'))}"
+            if spec.sequential else "")
+         + "). Failed runs carry no value; diverged runs "
          "(loss NaN/inf or above 100 x ln(classes)) keep the value they reached."),
     ]
 
@@ -394,25 +428,6 @@ def _html(title: str, blocks: Sequence[Block], images: Mapping[str, bytes]) -> s
 # --------------------------------------------------------------------------------------
 
 
-def _fig_png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def pyplot() -> Any:
-    """matplotlib.pyplot with the file-only Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_effects(effects: Sequence[Effect], spec: StudySpec) -> bytes:
     plt = pyplot()
     s = scale(spec.verdict_metric)
@@ -438,7 +453,7 @@ def _plot_effects(effects: Sequence[Effect], spec: StudySpec) -> bytes:
                   f"{ci_label(spec.alpha)}, pairs")
     ax.set_title(f"{spec.compare_knob}: effect on {spec.verdict_metric}")
     ax.legend(loc="lower right", fontsize=8)
-    return _fig_png(fig)
+    return fig_png(fig)
 
 
 def _plot_curves(curve_sets: Mapping[str, Any], spec: StudySpec) -> bytes:
@@ -458,7 +473,7 @@ def _plot_curves(curve_sets: Mapping[str, Any], spec: StudySpec) -> bytes:
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _fig_png(fig)
+    return fig_png(fig)
 
 
 def _plot_importance(imp: Mapping[str, float]) -> bytes:
@@ -467,7 +482,7 @@ def _plot_importance(imp: Mapping[str, float]) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(items) + 1.2))
     ax.barh([k for k, _ in items], [v for _, v in items], color="#0969da")
     ax.set_xlabel("importance (fANOVA)")
-    return _fig_png(fig)
+    return fig_png(fig)
 
 
 # --------------------------------------------------------------------------------------
@@ -505,6 +520,17 @@ def _typed(knob: str, text: str | None) -> Any:
     if kind is float:
         return float(text)
     return text
+
+
+def _look_tag(text: str, run_id: str) -> int:
+    """A child's `study.look` tag (a store's text: checked, never trusted)."""
+    from study.spec import SpecError
+
+    if not (isinstance(text, str) and text.isdigit() and len(text) <= 6):
+        raise SpecError(f"MLflow run {run_id}: tag study.look: {text[:40]!r} is not a look "
+                        "number. Allowed: 0 (a search run) or the look a run was added "
+                        "after (1, 2, ...).")
+    return int(text)
 
 
 def runs_from_mlflow(tracking_uri: str, name: str, execution: str | None = None,
@@ -560,6 +586,7 @@ def runs_from_mlflow(tracking_uri: str, name: str, execution: str | None = None,
             "optuna_trial": int(t.get("study.optuna_trial", -1)),
             "level": params.get(spec.compare_knob) if spec.compare_knob else None,
             "seed": int(t["study.seed"]), "pair": t.get("study.pair"),
+            "look": _look_tag(t.get("study.look", "0"), c.info.run_id),
             "status": t.get("study.status", "unknown"),
             "epochs": int(t.get("study.epochs", 0)),
             **{f"param.{k}": v for k, v in params.items()},

@@ -1,5 +1,6 @@
-"""The live progress line a running study prints, and its lines about retried and failed
-runs: ``[name] 3/8 runs done (2 running, 0 failed, 0 diverged) | best ... | 12 s``."""
+"""The live progress line a running study prints, its lines about retried and failed
+runs: ``[name] 3/8 runs done (2 running, 0 failed, 0 diverged) | best ... | 12 s``, and the
+sequential phase's looks as they happen."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class ProgressPrinter:
         self.started = time.monotonic()
         self._last_print = 0.0
         self._last_line = ""
+        self.planned = spec.total_runs  # grows as the sequential phase adds runs
 
     def __getstate__(self) -> dict[str, object]:
         # pickled with the Tune callback: the echo function stays behind and the spec goes
@@ -49,13 +51,21 @@ class ProgressPrinter:
         records = list(records)
         c = count_statuses(records)
         done = sum(c[k] for k in ENDED)
-        line = (f"[{self.spec.name}] {done}/{self.spec.total_runs} runs done "
+        line = (f"[{self.spec.name}] {done}/{self.planned} runs done "
                 f"({c[RunStatus.RUNNING]} running, {c[RunStatus.FAILED]} failed, "
                 f"{c[RunStatus.DIVERGED]} diverged){best_so_far(records, self.spec)}")
         if force and line == self._last_line:
             return
         self._last_line = line
         self.echo(f"{line} | {now - self.started:.0f} s")
+
+    def look(self, lines: Iterable[str], planned: int) -> None:
+        """A look of the sequential phase (n, interval, boundary, decision per comparison,
+        then the pairs it adds); `planned`: the runs planned now."""
+        self.planned = planned
+        if self.echo is not None:
+            for line in lines:
+                self.echo(f"[{self.spec.name}] {line}")
 
     def retrying(self, key: str, attempt: int, error: str) -> None:
         if self.echo is not None:
@@ -69,10 +79,12 @@ class ProgressPrinter:
 
 
 def best_so_far(records: Iterable[RunRecord], spec: StudySpec) -> str:
-    """`` | best METRIC VALUE (config N)`` over the configurations whose every run has ended
-    with a finite value (their mean), or "" while there is none."""
+    """`` | best METRIC VALUE (config N)`` over the configurations whose every search run has
+    ended with a finite value (their mean, as Optuna hears it), or "" while there is none."""
     by_cfg: dict[int, list[float | None]] = {}
     for r in records:
+        if r.look:  # added by the sequential phase: not part of the value Optuna hears
+            continue
         by_cfg.setdefault(r.config, []).append(
             r.metrics.get(spec.metric) if r.status in USABLE else None)
     full = {k: finite_mean(vs) for k, vs in by_cfg.items()

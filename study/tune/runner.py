@@ -280,8 +280,21 @@ def _run(spec: StudySpec, echo: Echo | None) -> StudyResult:
              f"Optuna {redact_uri(spec.optuna_storage)}; "
              f"{_describe_plan(spec, fuse, seeds_per_block)}")
     callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"])
+    searcher.on_look = look_hook(callback, writer)
     return _execute(spec, execution, execution, searcher, writer, callback, storage,
                     spec.total_runs, echo, t0, fuse)
+
+
+def look_hook(callback: StudyCallback, writer: Any) -> Callable[..., None]:
+    """What the searcher calls at each look of the sequential phase: the lines go to the
+    terminal, and to the parent run as tag `study.look.K` (with `study.looks`: K)."""
+    def on_look(lines: list[str], path: Any, planned: int) -> None:
+        callback.progress.look(lines, planned)
+        text = "\n".join(lines)
+        writer.set_tags("", {f"study.look.{path.rounds}": text[:4000],
+                             "study.looks": path.rounds})
+
+    return on_look
 
 
 def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
@@ -353,7 +366,8 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
                              seeds_per_block=seeds_per_block)
     remaining = searcher.restore_progress(
         {k: usable_value(r, spec.metric) for k, r in done.items()},
-        pruned={k for k, r in done.items() if r["status"] == RunStatus.PRUNED})
+        pruned={k for k, r in done.items() if r["status"] == RunStatus.PRUNED},
+        rows=done.values())
     n_resume = int(tags.get("study.resumes", "0")) + 1
     client.update_run(parent.info.run_id, status="RUNNING")
     writer = MlflowWriter(uri, spec.name, parent_name=execution,
@@ -362,11 +376,16 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
                           parent_params={}, parent_run_id=parent.info.run_id)
     writer.child_ids.update({k: r["mlflow_run_id"] for k, r in done.items()})
     callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"])
+    callback.progress.planned = searcher.planned_runs
+    searcher.on_look = look_hook(callback, writer)
     for r in done.values():
         callback.records[r["run_key"]] = _record_from_row(r)
         callback.children.add(r["run_key"])
     if echo:
-        echo(f"resuming {execution}: {len(done)} of {spec.total_runs} runs done and kept, "
+        looks = f" (sequential phase: look {searcher.looks_shown})" \
+            if searcher.looks_shown else ""
+        echo(f"resuming {execution}{looks}: {len(done)} of {searcher.planned_runs} runs done "
+             f"and kept, "
              f"{len(stale)} unfinished run(s) to run again, {remaining} runs left; Ray "
              f"{cluster['CPU']:g} CPU / {cluster['GPU']:g} GPU")
     return _execute(spec, execution, f"{execution}-resume{n_resume}", searcher, writer,
@@ -411,7 +430,8 @@ def _record_from_row(r: Mapping[str, Any]) -> RunRecord:
     return RunRecord(run_key=r["run_key"], config=r["config"], optuna_trial=r["optuna_trial"],
                      level=r["level"], seed=r["seed"], pair=r["pair"], params=params,
                      status=r["status"], epochs=int(r.get("epochs") or 0),
-                     metrics=metrics, mlflow_run_id=r["mlflow_run_id"])
+                     metrics=metrics, mlflow_run_id=r["mlflow_run_id"],
+                     look=int(r.get("look") or 0))
 
 
 def _prepare(spec: StudySpec) -> tuple[Any, dict[str, float]]:
@@ -535,7 +555,10 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
                      "gpu": spec.gpu > 0, "checkpoint_every": spec.checkpoint_every,
                      "checkpoint_dir": _checkpoint_dir(spec, execution), "fuse": fuse,
                      "metric": spec.metric, "retries": spec.retries},
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(num_samples, 1),
+        # the sequential phase adds trials after the search: the cap is the most it can
+        # reach, and the searcher ends the study (FINISHED)
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(
+                                        spec.most_runs if spec.sequential else num_samples, 1),
                                     max_concurrent_trials=spec.concurrency,
                                     scheduler=scheduler,
                                     reuse_actors=True, trial_dirname_creator=_trial_dirname),
@@ -553,7 +576,7 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
             interrupts.through_tune()  # SIGTERM stops the trials like Ctrl-C
             if num_samples > 0:
                 tuner.fit()
-            status = _outcome(spec, callback)
+            status = _outcome(spec, callback, searcher)
     except KeyboardInterrupt:
         status = StudyStatus.INTERRUPTED
     finally:
@@ -581,13 +604,16 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
     return result
 
 
-def _outcome(spec: StudySpec, callback: StudyCallback) -> str:
-    """finished (every run ended), failed (every run failed) or interrupted."""
+def _outcome(spec: StudySpec, callback: StudyCallback, searcher: Any) -> str:
+    """finished (the searcher handed out its last block and every run ended), failed
+    (every run failed) or interrupted."""
     counts = callback.counts()
-    if spec.total_runs and counts[RunStatus.FAILED] == spec.total_runs:
+    planned = searcher.planned_runs
+    if planned and counts[RunStatus.FAILED] == planned:
         return StudyStatus.FAILED
     ended = sum(counts[k] for k in ENDED)
-    return StudyStatus.FINISHED if ended == spec.total_runs else StudyStatus.INTERRUPTED
+    done = ended == planned and searcher.finished
+    return StudyStatus.FINISHED if done else StudyStatus.INTERRUPTED
 
 
 def _close(spec: StudySpec, result: StudyResult, callback: StudyCallback, writer: Any,
