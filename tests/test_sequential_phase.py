@@ -366,3 +366,25 @@ def test_a_study_killed_in_its_sequential_phase_resumes_to_the_same_verdict(work
                             out_dir=workdir / "rebuilt", log_to_mlflow=False)
     assert rebuilt.looks == json.loads(looks.read_text())
     assert verdict_table(rebuilt, spec) in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("tag", ["abc", "-1", "1.5", "9" * 40, "", "1; DROP", "١"])
+def test_a_look_tag_read_back_from_a_store_is_checked(tmp_path, tag):
+    """A damaged or hostile child tag gives one clear error naming the run, no traceback."""
+    from mlflow.tracking import MlflowClient
+
+    from study.tracking.stores import seed_mlflow_store
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    seed_mlflow_store(uri)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("tiny")
+    parent = client.create_run(exp, tags={"study.execution": "tiny-20261130-104748-64f6"})
+    client.log_text(parent.info.run_id, yaml.safe_dump(tiny_spec()), "spec.yaml")
+    child = client.create_run(exp, tags={
+        "mlflow.parentRunId": parent.info.run_id, "study.run_key": "c000-bias=True-s3",
+        "study.config": "0", "study.seed": "3", "study.look": tag})
+    with pytest.raises(SpecError) as ei:
+        runs_from_mlflow(uri, "tiny")
+    assert f"MLflow run {child.info.run_id}: tag study.look" in str(ei.value)
+    assert "Allowed: 0" in str(ei.value)

@@ -11,6 +11,7 @@ import base64
 import html
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -387,8 +388,6 @@ def _markdown(title: str, blocks: Sequence[Block]) -> str:
 
 def _inline_md(text: str) -> str:
     """The little Markdown the blocks use (**bold**, `code`, *em*) as HTML."""
-    import re
-
     t = html.escape(text)
     t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", t)
     t = re.sub(r"`(.+?)`", r"<code>\1</code>", t)
@@ -526,7 +525,7 @@ def _look_tag(text: str, run_id: str) -> int:
     """A child's `study.look` tag (a store's text: checked, never trusted)."""
     from study.spec import SpecError
 
-    if not (isinstance(text, str) and text.isdigit() and len(text) <= 6):
+    if not (isinstance(text, str) and re.fullmatch(r"[0-9]{1,6}", text)):
         raise SpecError(f"MLflow run {run_id}: tag study.look: {text[:40]!r} is not a look "
                         "number. Allowed: 0 (a search run) or the look a run was added "
                         "after (1, 2, ...).")

@@ -725,6 +725,8 @@ def _parent_params(spec: StudySpec) -> dict[str, Any]:
         p["dataset_path"] = redact_uri(spec.dataset.path)
     if spec.compare_knob:
         p["compare"] = f"{spec.compare_knob}: {list(spec.compare_levels)}"
+    if spec.sequential:
+        p["sequential"] = spec.sequential.describe()
     for k, v in spec.fixed.items():
         p[f"fixed.{k}"] = v
     for k, d in spec.space.items():
