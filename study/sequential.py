@@ -48,7 +48,7 @@ from scipy import optimize, stats
 
 __all__ = ["DECISIONS", "METHOD", "SPENDINGS", "Design", "Look", "Simulation",
            "fixed_n_power", "fixed_n_same_power", "look", "simulate", "spent",
-           "verdict", "z_boundaries"]
+           "t_boundary", "verdict", "z_boundaries"]
 
 SPENDINGS = ("obrien_fleming", "pocock")
 DECISIONS = ("higher", "lower", "equivalent", "continue", "inconclusive")
@@ -57,7 +57,7 @@ METHOD = (
     "Group-sequential paired design: pairs are added to an unsettled comparison and it is "
     "looked at again, with boundaries that keep the error rates at alpha under optional "
     "stopping. Alpha is spent over the information fraction t = pairs / max_pairs by a "
-    "Lan-DeMets spending function ({spending} type); boundaries come from recursive "
+    "Lan-DeMets spending function (O'Brien-Fleming or Pocock type); boundaries come from recursive "
     "numerical integration of the joint distribution of the successive z statistics, at "
     "the observed pair counts, and are turned into t quantiles with n - 1 degrees of "
     "freedom. At each look the repeated confidence interval mean +- c_k sd/sqrt(n) decides: "
@@ -134,7 +134,8 @@ class Design:
 
     def method(self) -> str:
         """:data:`METHOD` with this design's spending function named."""
-        return METHOD.format(spending=self.spending.replace("_", "-").title())
+        name = "Pocock" if self.spending == "pocock" else "O'Brien-Fleming"
+        return METHOD.replace("(O'Brien-Fleming or Pocock type)", f"({name} type)")
 
 
 def spent(spending: str, level: float, t: float) -> float:
@@ -184,20 +185,31 @@ def _solve(u: np.ndarray, mass: np.ndarray, sd: float, t: float, target: float,
                                  lo, _Z_CAP, xtol=1e-10, rtol=1e-12))
 
 
-@lru_cache(maxsize=512)
-def z_boundaries(fractions: tuple[float, ...], alpha: float, spending: str,
+def z_boundaries(fractions: Sequence[float], alpha: float, spending: str,
                  sides: int) -> tuple[float, ...]:
     """Z boundaries at the looks with these information fractions (increasing, in (0, 1]).
 
     sides=2: reject when |Z_k| >= c_k, total level `alpha` (alpha/2 spent per side);
     sides=1: reject when Z_k >= c_k, level `alpha`. An infinite boundary means the look
-    could not stop (the spending function allows essentially nothing there).
+    could not stop (the spending function allows essentially nothing there). Cached.
     """
+    fr = tuple(float(f) for f in fractions)
     if sides not in (1, 2):
         raise ValueError(f"sides must be 1 or 2, got {sides!r}")
-    if not fractions or any(not 0 < f <= 1 for f in fractions) or any(
-            b <= a for a, b in zip(fractions, fractions[1:], strict=False)):
+    if not _is_real(alpha) or not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    if not fr or any(not 0 < f <= 1 for f in fr) or any(
+            b <= a for a, b in zip(fr, fr[1:], strict=False)):
         raise ValueError(f"fractions must increase within (0, 1], got {fractions!r}")
+    if spending not in SPENDINGS:
+        raise ValueError(f"spending must be one of {', '.join(SPENDINGS)}, got {spending!r}")
+    return _boundaries(fr, float(alpha), spending, sides)
+
+
+@lru_cache(maxsize=512)
+def _boundaries(fractions: tuple[float, ...], alpha: float, spending: str,
+                sides: int) -> tuple[float, ...]:
+    """:func:`z_boundaries` by recursive integration, once per distinct question."""
     cum = [sides * spent(spending, alpha / sides, f) for f in fractions]
     t0 = fractions[0]
     c = float(stats.norm.isf(cum[0] / sides)) if cum[0] > 0 else math.inf
@@ -423,14 +435,19 @@ def fixed_n_power(n: int | np.ndarray, effect: float, sd: float, *, alpha: float
     """Probability that the fixed-n paired verdict of ``study.analysis`` with n pairs is
     settled (equivalent, better or worse), for normal differences N(effect, sd^2): exact
     but for quadrature over the sample sd (400 quantiles of its chi distribution)."""
+    if not _is_real(sd) or sd < 0 or not _is_real(effect):
+        raise ValueError(f"effect must be finite and sd finite and >= 0, got {effect!r}, "
+                         f"{sd!r}")
     n = np.atleast_1d(np.asarray(n, dtype=float))[:, None]
+    if np.any(n < 2):
+        raise ValueError(f"n must be at least 2 pairs, got {n.min():g}")
     q = (np.arange(400) + 0.5) / 400
     s = sd * np.sqrt(stats.chi2.ppf(q[None, :], n - 1) / (n - 1))  # sample sd quantiles
     se_true = sd / np.sqrt(n)
     a = stats.t.ppf(1 - alpha / 2, n - 1) * s / np.sqrt(n)  # |mean| > a: differs
     b = margin - stats.t.ppf(1 - alpha, n - 1) * s / np.sqrt(n)  # |mean| < b: equivalent
-    if se_true[0, 0] == 0:
-        return np.ones(n.shape[0]) if effect != 0 or margin > 0 else np.zeros(n.shape[0])
+    if sd == 0:  # every pair equal: settled, equivalent at 0 and differs elsewhere
+        return np.ones(n.shape[0])
     p_diff = stats.norm.sf((a - effect) / se_true) + stats.norm.cdf((-a - effect) / se_true)
     p_eq = np.where(b > 0, stats.norm.cdf((b - effect) / se_true)
                     - stats.norm.cdf((-b - effect) / se_true), 0.0)

@@ -248,3 +248,21 @@ def test_fixed_n_same_power_is_the_smallest_such_n():
     power = fixed_n_power(np.array([n - 1, n]), 1.0, 1.2, alpha=0.05, margin=0.5)
     assert power[0] < sim.settled <= power[1]
     assert fixed_n_same_power(design, 0.0, 1.2, 1.0, most=50) is None
+
+
+@pytest.mark.parametrize("fractions, alpha, spending, sides", [
+    ((), 0.05, "pocock", 2), ((0.5, 0.5), 0.05, "pocock", 2), ((0.0, 1.0), 0.05, "pocock", 2),
+    ((0.5, 1.2), 0.05, "pocock", 2), ((0.6, 0.3), 0.05, "pocock", 2),
+    ((1.0,), 0.0, "pocock", 2), ((1.0,), 1.5, "pocock", 2), ((1.0,), 0.05, "linear", 2),
+    ((1.0,), 0.05, "pocock", 3),
+])
+def test_bad_boundary_questions_are_refused(fractions, alpha, spending, sides):
+    with pytest.raises(ValueError, match="fractions|alpha|spending|sides"):
+        z_boundaries(fractions, alpha, spending, sides)
+
+
+def test_method_names_the_spending_function():
+    assert "(Pocock type)" in Design(0.05, 0.5, 40, 5, spending="pocock").method()
+    assert "(O'Brien-Fleming type)" in Design(0.05, 0.5, 40, 5).method()
+    assert z_boundaries([0.5, 1], 0.05, "pocock", 2) == z_boundaries((0.5, 1.0), 0.05,
+                                                                       "pocock", 2)
