@@ -51,7 +51,7 @@ def sequential_effects(path: Path, rows: Sequence[Mapping[str, Any]], spec: Stud
     out = []
     for c in _display_order(path):
         k = c.steps[-1].round if c.steps else 1
-        seen = [r for r in rows if int(r.get("look") or 0) < k]
+        seen = [r for r in rows if int(r.get("look") or 0) < k and r.get("status") in ENDED]
         e = next(x for x in paired_effects(
             seen, knob=spec.compare_knob, levels=spec.compare_levels,  # type: ignore[arg-type]
             metric=spec.verdict_metric, margin=spec.margin, mode=spec.verdict_mode,
@@ -141,7 +141,7 @@ def _look_rows(path: Path, spec: StudySpec, s: float) -> list[list[str]]:
                 continue
             rows.append([c.label(spec), c.group, str(st.round), str(lk.n), _num(lk.mean * s),
                          _interval(lk.interval, s), _interval(lk.eq_interval, s),
-                         f"{lk.boundary:.2f}", f"{lk.z_boundary:.2f}", f"{lk.spent:.4f}",
+                         f"{lk.boundary:.2f}", f"{lk.z_boundary:.2f}", f"{lk.spent:.2g}",
                          verdict(lk.decision, spec.verdict_mode)])
     return rows
 

@@ -181,7 +181,7 @@ def _look_at(c: Comparison, pairs: _Pairs, k: int, design: Design) -> None:
     step = look(design, pairs.diffs, history)
     c.steps.append(Step(k, step, n + pairs.excluded, pairs.excluded))
     if step.decision == "inconclusive":
-        c.decision, c.reason = step.decision, f"inconclusive at the maximum ({n} pairs)"
+        c.decision, c.reason = step.decision, f"at the maximum of {n} pairs"
     elif step.decision != "continue":
         c.decision = step.decision
         c.reason = f"settled at look {k} with {n} pairs"
@@ -207,12 +207,12 @@ def _plan(comparisons: Sequence[Comparison], seen: Sequence[Mapping[str, Any]],
         room = design.max_pairs - s.planned
         if room <= 0:
             c.decision = "inconclusive"
-            c.reason = (f"inconclusive at the maximum: {s.planned} pairs ran, "
-                        f"{s.excluded} of them with a failed arm")
+            c.reason = (f"at the maximum: {s.planned} pairs ran, {s.excluded} of them with "
+                        "a failed arm")
             continue
         if not c.configs:
             c.decision = "inconclusive"
-            c.reason = "inconclusive: no configuration of this group has a usable pair"
+            c.reason = "no configuration of this group has a usable pair to add seeds to"
             continue
         covered = sum(added.get(cfg, 0) for cfg in c.configs)
         for _ in range(min(want, room) - covered):
