@@ -252,6 +252,16 @@ def test_a_comparison_stops_inconclusive_at_its_maximum_or_with_nothing_to_add()
     assert c.decision == "inconclusive" and "maximum" in c.reason
     assert c.steps[-1].look.n == 12 and c.steps[-1].look.final
 
+    # every added pair fails: the comparison still ends, at its maximum, and says why
+    rows = rows_for(s, lambda c, seed, lvl: 0.5 + (0.03 if (seed + c) % 2 else -0.03) * lvl)
+    rounds = 0
+    while not (path := follow(rows, s)).finished:
+        rows += [{**r, "status": "failed", "param.norm": "batch"} for r in path.pending]
+        rounds += 1
+        assert rounds < 50
+    c = next(c for c in path.comparisons if c.group == "all")
+    assert c.decision == "inconclusive" and "of them with a failed arm" in c.reason
+
     dead = rows_for(s, lambda *a: 0.5, failed=range(s.trials))
     path = follow(dead, s)
     assert path.finished and all("no configuration" in c.reason for c in path.comparisons)

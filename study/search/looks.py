@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from study.report.stats import Effect, paired_effects, show_value
+from study.report.stats import Effect, paired_effects, rows_by_pair, show_value, usable_value
 from study.search.space import run_key
 from study.sequential import Design, Look, look, verdict
 from study.spec import StudySpec
@@ -105,7 +105,7 @@ def follow(rows: Iterable[Mapping[str, Any]], spec: StudySpec) -> Path:
         for c in comparisons:
             if c.open:
                 _look_at(c, effects[(c.group, repr(c.level))], k, design)
-        added = _plan(comparisons, seen, spec, design, k)
+        added = _plan(comparisons, effects, seen, spec, design, k)
         pending = [r for r in added if r["run_key"] not in ended]
         if not added or pending:
             return Path(comparisons, k, added, pending)
@@ -163,8 +163,6 @@ def _effects(rows: Sequence[Mapping[str, Any]], spec: StudySpec,
 
 def _usable_pairs(rows: Sequence[Mapping[str, Any]], spec: StudySpec, level: Any,
                   ) -> tuple[tuple[int, int], ...]:
-    from study.report.stats import rows_by_pair, usable_value
-
     ref = repr(spec.compare_levels[0])
     return tuple(sorted(
         key for key, block in rows_by_pair(rows).items()
@@ -187,8 +185,9 @@ def _look_at(c: Comparison, pairs: _Pairs, k: int, design: Design) -> None:
         c.reason = f"settled at look {k} with {n} pairs"
 
 
-def _plan(comparisons: Sequence[Comparison], seen: Sequence[Mapping[str, Any]],
-          spec: StudySpec, design: Design, k: int) -> list[dict[str, Any]]:
+def _plan(comparisons: Sequence[Comparison], effects: Mapping[tuple[str, str], _Pairs],
+          seen: Sequence[Mapping[str, Any]], spec: StudySpec, design: Design, k: int,
+          ) -> list[dict[str, Any]]:
     """The runs to add after look k: for each open comparison, the pairs that bring it to
     its next look's pair count (at most max_pairs), shared with the other comparisons of
     configurations they cover. Closes the comparisons that cannot get more."""
@@ -202,12 +201,13 @@ def _plan(comparisons: Sequence[Comparison], seen: Sequence[Mapping[str, Any]],
     for c in comparisons:
         if not c.open:
             continue
-        s = c.steps[-1]
-        want = (s.look.next_pairs or design.max_pairs) - s.look.n
-        room = design.max_pairs - s.planned
+        now = effects[(c.group, repr(c.level))]  # its pairs, also if it had no look now
+        n, planned = len(now.diffs), len(now.diffs) + now.excluded
+        want = (c.steps[-1].look.next_pairs or design.max_pairs) - n
+        room = design.max_pairs - planned
         if room <= 0:
             c.decision = "inconclusive"
-            c.reason = (f"at the maximum: {s.planned} pairs ran, {s.excluded} of them with "
+            c.reason = (f"at the maximum: {planned} pairs ran, {now.excluded} of them with "
                         "a failed arm")
             continue
         if not c.configs:
