@@ -153,8 +153,10 @@ def _sentence(c: Comparison, spec: StudySpec) -> str:
     lk = c.last
     if lk is None or lk.index == 0:
         return f"{what}: {_word(c, spec)} ({c.reason or 'no look yet'})."
+    eq = (f" (equivalence interval {_interval(lk.eq_interval, s)}{unit} inside "
+          f"±{spec.margin * s:g}{unit})" if c.decision == "equivalent" else "")
     return (f"{what} changed {spec.verdict_metric} by {_num(lk.mean * s)}{unit}, repeated "
-            f"{ci_label(spec.alpha)} {_interval(lk.interval, s)}{unit} at look "
+            f"{ci_label(spec.alpha)} {_interval(lk.interval, s)}{unit}{eq} at look "
             f"{c.steps[-1].round} with {lk.n} pairs: {_word(c, spec)} "
             f"({c.reason or 'open'}).")
 
@@ -181,8 +183,8 @@ def sequential_table(path: Path, spec: StudySpec) -> str:
     """A short plain-text table of the sequential verdicts, for the terminal."""
     s = scale(spec.verdict_metric)
     unit = " pp" if s == 100.0 else ""
-    head = (f"{'comparison':<30} {'group':<14} {'looks':>5} {'n':>4} {'mean' + unit:>9}  "
-            f"{'repeated ' + ci_label(spec.alpha):<24} verdict")
+    head = (f"{'comparison':<22} {'group':<12} {'looks':>5} {'n':>4} {'mean' + unit:>9}  "
+            f"{'repeated ' + ci_label(spec.alpha):<18} {'equivalence RCI':<18} verdict")
     lines = [f"sequential verdict on {spec.verdict_metric} (margin ±{spec.margin * s:g}{unit}, "
              f"alpha {spec.alpha:g}, {spec.sequential.spending.replace('_', '-')} "  # type: ignore[union-attr]
              "spending):", head, "-" * len(head)]
@@ -191,8 +193,9 @@ def sequential_table(path: Path, spec: StudySpec) -> str:
         ok = lk is not None and lk.index > 0
         mean = _num(lk.mean * s) if ok else ""  # type: ignore[union-attr]
         ci = _interval(lk.interval, s) if ok else "n/a"  # type: ignore[union-attr]
-        lines.append(f"{c.label(spec):<30} {c.group:<14} {len(c.steps):>5} "
-                     f"{lk.n if lk else 0:>4} {mean:>9}  {ci:<24} {_word(c, spec)}: "
+        eq = _interval(lk.eq_interval, s) if ok else "n/a"  # type: ignore[union-attr]
+        lines.append(f"{c.label(spec):<22} {c.group:<12} {len(c.steps):>5} "
+                     f"{lk.n if lk else 0:>4} {mean:>9}  {ci:<18} {eq:<18} {_word(c, spec)}: "
                      f"{c.reason or 'open'}")
     lines += ["", *(_sentence(c, spec) for c in _display_order(path) if c.group == "all")]
     return "\n".join(lines)
