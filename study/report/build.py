@@ -76,7 +76,7 @@ class Report:
     markdown: str
     html: str
     images: dict[str, bytes] = field(default_factory=dict)
-    path: Any = None  # study.search.looks.Path of a sequential study (None: none)
+    path: Any = None  # study.search.looks.LookPath of a sequential study (None: none)
     looks: list[dict[str, Any]] = field(default_factory=list)  # written as looks.json
 
     def write(self, folder: str | Path) -> Path:

@@ -17,7 +17,7 @@ import numpy as np
 from study.records import ENDED
 from study.report.figures import fig_png, pyplot
 from study.report.stats import Effect, ci_label, paired_effects, scale, show_value
-from study.search.looks import Comparison, Path, design_of, follow
+from study.search.looks import Comparison, LookPath, design_of, follow
 from study.sequential import fixed_n_same_power, simulate, verdict
 from study.spec import StudySpec
 
@@ -28,7 +28,7 @@ Block = tuple[str, Any]
 SIMULATED_STUDIES = 2000  # per comparison, for the pairs the design uses on average
 
 
-def sequential_path(rows: Sequence[Mapping[str, Any]], spec: StudySpec) -> Path | None:
+def sequential_path(rows: Sequence[Mapping[str, Any]], spec: StudySpec) -> LookPath | None:
     """The looks so far, or None before the sequential phase (search runs still open)."""
     if spec.sequential is None or not spec.compare_knob:
         return None
@@ -43,7 +43,7 @@ def _word(c: Comparison, spec: StudySpec) -> str:
     return "inconclusive" if c.open else verdict(c.decision, spec.verdict_mode)
 
 
-def sequential_effects(path: Path, rows: Sequence[Mapping[str, Any]], spec: StudySpec,
+def sequential_effects(path: LookPath, rows: Sequence[Mapping[str, Any]], spec: StudySpec,
                        ) -> list[Effect]:
     """One Effect per comparison at its last look (the one that settled it): the runs that
     look saw, its repeated confidence interval and its decision. Fixed-n p-values do not
@@ -64,7 +64,7 @@ def sequential_effects(path: Path, rows: Sequence[Mapping[str, Any]], spec: Stud
     return out
 
 
-def _display_order(path: Path) -> list[Comparison]:
+def _display_order(path: LookPath) -> list[Comparison]:
     """"all" first, then the groups (the order the verdict tables use)."""
     return [c for c in path.comparisons if c.group == "all"] + \
         [c for c in path.comparisons if c.group != "all"]
@@ -93,7 +93,7 @@ def _interval(iv: tuple[float, float], s: float) -> str:
     return f"[{_num(iv[0] * s)}, {_num(iv[1] * s)}]"
 
 
-def sequential_blocks(path: Path, effects: Sequence[Effect], spec: StudySpec) -> list[Block]:
+def sequential_blocks(path: LookPath, effects: Sequence[Effect], spec: StudySpec) -> list[Block]:
     """The report's verdict section for a sequential study."""
     s = scale(spec.verdict_metric)
     unit = " pp" if s == 100.0 else ""
@@ -130,7 +130,7 @@ def sequential_blocks(path: Path, effects: Sequence[Effect], spec: StudySpec) ->
     return b
 
 
-def _look_rows(path: Path, spec: StudySpec, s: float) -> list[list[str]]:
+def _look_rows(path: LookPath, spec: StudySpec, s: float) -> list[list[str]]:
     rows = []
     for c in _display_order(path):
         for st in c.steps:
@@ -179,7 +179,7 @@ def _method(spec: StudySpec) -> str:
             f"{SIMULATED_STUDIES} studies, seed 0) at the last look's mean and spread.")
 
 
-def sequential_table(path: Path, spec: StudySpec) -> str:
+def sequential_table(path: LookPath, spec: StudySpec) -> str:
     """A short plain-text table of the sequential verdicts, for the terminal."""
     s = scale(spec.verdict_metric)
     unit = " pp" if s == 100.0 else ""
@@ -201,7 +201,7 @@ def sequential_table(path: Path, spec: StudySpec) -> str:
     return "\n".join(lines)
 
 
-def looks_json(path: Path, spec: StudySpec) -> list[dict[str, Any]]:
+def looks_json(path: LookPath, spec: StudySpec) -> list[dict[str, Any]]:
     """Every comparison's looks as plain data (the report's looks.json)."""
     def clean(x: Any) -> Any:
         if isinstance(x, float):
@@ -218,7 +218,7 @@ def looks_json(path: Path, spec: StudySpec) -> list[dict[str, Any]]:
                        for st in c.steps]} for c in _display_order(path)]
 
 
-def plot_looks(path: Path, spec: StudySpec) -> bytes:
+def plot_looks(path: LookPath, spec: StudySpec) -> bytes:
     """Per comparison: the repeated intervals against pairs (left, with the equivalence
     margin) and the t statistic against the boundaries (right)."""
     plt = pyplot()

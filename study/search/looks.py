@@ -29,7 +29,7 @@ from study.search.space import run_key
 from study.sequential import Design, Look, look, verdict
 from study.spec import StudySpec
 
-__all__ = ["Comparison", "Path", "Step", "design_of", "follow", "look_lines"]
+__all__ = ["Comparison", "LookPath", "Step", "design_of", "follow", "look_lines"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class Comparison:
 
 
 @dataclass
-class Path:
+class LookPath:
     """The looks so far and what the next one waits for."""
 
     comparisons: list[Comparison]
@@ -89,7 +89,7 @@ def design_of(spec: StudySpec) -> Design:
                   looks=sq.looks, spending=sq.spending, min_pairs=sq.min_pairs)
 
 
-def follow(rows: Iterable[Mapping[str, Any]], spec: StudySpec) -> Path:
+def follow(rows: Iterable[Mapping[str, Any]], spec: StudySpec) -> LookPath:
     """Replay the looks over the ended runs `rows` (the search's all ended), as far as the
     runs go: look k + 1 happens once every run planned after look k has ended."""
     rows = list(rows)
@@ -108,7 +108,7 @@ def follow(rows: Iterable[Mapping[str, Any]], spec: StudySpec) -> Path:
         added = _plan(comparisons, effects, seen, spec, design, k)
         pending = [r for r in added if r["run_key"] not in ended]
         if not added or pending:
-            return Path(comparisons, k, added, pending)
+            return LookPath(comparisons, k, added, pending)
 
 
 def _look_of(row: Mapping[str, Any]) -> int:
@@ -230,7 +230,7 @@ def _pair_runs(spec: StudySpec, cfg: int, seed: int, k: int) -> list[dict[str, A
              "seed": seed, "level": level, "look": k} for level in spec.compare_levels]
 
 
-def look_lines(path: Path, spec: StudySpec, since: int = 0) -> list[str]:
+def look_lines(path: LookPath, spec: StudySpec, since: int = 0) -> list[str]:
     """One line per look after look `since` at each comparison, then what comes next."""
     s = 100.0 if spec.verdict_metric.endswith("accuracy") else 1.0
     unit = " pp" if s == 100.0 else ""

@@ -38,14 +38,14 @@ from ray.tune.search import Searcher
 from study.records import RunStatus
 from study.redact import redact_spec
 from study.report.stats import USABLE, finite_mean, usable_value
-from study.search.looks import Path, follow, look_lines
+from study.search.looks import LookPath, follow, look_lines
 from study.search.space import define_by_run, expand_runs, make_sampler
 from study.spec import StudySpec
 
 __all__ = ["BlockSearcher", "ConfigState", "LookHook", "open_study", "reattach_trial"]
 
 # Called at each look with its terminal lines, the path so far and the runs now planned.
-LookHook = Callable[[list[str], Path, int], None]
+LookHook = Callable[[list[str], LookPath, int], None]
 
 
 @dataclass
@@ -248,7 +248,7 @@ class BlockSearcher(Searcher):
             self.on_look(lines, path, self.planned_runs)
         return not self.sequential_done
 
-    def _queue_look(self, path: Path) -> None:
+    def _queue_look(self, path: LookPath) -> None:
         """Queue the runs `path` waits for (existing configurations, new seeds), in blocks
         of whole pairs of one configuration; or end the sequential phase."""
         self.extra.update(r["run_key"] for r in path.added)
