@@ -302,14 +302,15 @@ def _children(client, name):
 @pytest.mark.slow
 def test_a_study_killed_in_its_sequential_phase_resumes_to_the_same_verdict(workdir):
     """BN makes the bias redundant, so every paired difference is 0: look 1 (2 pairs, no
-    look below 4) adds 2 pairs, look 2 says equivalent. The driver is killed (SIGKILL,
-    with its Ray) once a run of look 1 has ended (its pair's other run still trains)."""
+    look below 5) adds 3 pairs, look 2 says equivalent. One trial at a time, so when the
+    driver is killed (SIGKILL, with its Ray) once a pair of look 1 has ended, the other
+    two are still to run."""
     from mlflow.tracking import MlflowClient
 
     raw = tiny_spec(name="seqkill", search={"sampler": "random", "trials": 2, "seed": 3},
-                    train={"epochs": 1, "batch_size": 32},
+                    train={"epochs": 1, "batch_size": 32}, execution={"concurrency": 1},
                     verdict={"equivalence_margin": 0.2,
-                             "sequential": {"max_pairs": 6, "looks": 2, "min_pairs": 4}})
+                             "sequential": {"max_pairs": 6, "looks": 2, "min_pairs": 5}})
     path = workdir / "seqkill.yaml"
     path.write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{workdir}/mlflow.db"
@@ -336,10 +337,10 @@ def test_a_study_killed_in_its_sequential_phase_resumes_to_the_same_verdict(work
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    assert "look 1: adding 2 pair(s)" in err, err[-3000:]
+    assert "look 1: adding 3 pair(s)" in err, err[-3000:]
     look1_done = {c.data.tags["study.run_key"] for c in _children(client, "seqkill")
                   if c.data.tags.get("study.look") == "1" and c.info.status == "FINISHED"}
-    assert 1 <= len(look1_done) < 4  # killed inside the sequential phase
+    assert 1 <= len(look1_done) < 6  # killed inside the sequential phase
 
     r = subprocess.run([sys.executable, "-m", "study.cli", "resume", str(path)], cwd=workdir,
                        env=env, capture_output=True, text=True, timeout=120)
@@ -348,7 +349,7 @@ def test_a_study_killed_in_its_sequential_phase_resumes_to_the_same_verdict(work
 
     kids = _children(client, "seqkill")
     keys = [k.data.tags["study.run_key"] for k in kids]
-    assert len(keys) == len(set(keys)) == 8  # 4 pairs: none lost, none run twice
+    assert len(keys) == len(set(keys)) == 10  # 5 pairs: none lost, none run twice
     assert all(k.info.status == "FINISHED" for k in kids)
     by_pair: dict[tuple[str, str], set[str]] = {}
     for k in kids:
@@ -356,7 +357,8 @@ def test_a_study_killed_in_its_sequential_phase_resumes_to_the_same_verdict(work
         by_pair.setdefault((t["study.config"], t["study.seed"]), set()).add(k.data.params["bias"])
         assert t["study.look"] == ("0" if t["study.seed"] == "3" else "1")
     assert all(levels == {"True", "False"} for levels in by_pair.values())
-    assert sorted(by_pair) == [("0", "3"), ("0", "4"), ("1", "3"), ("1", "4")]  # new seeds
+    # new seeds continue each configuration's numbering, round-robin over configurations
+    assert sorted(by_pair) == [("0", "3"), ("0", "4"), ("0", "5"), ("1", "3"), ("1", "4")]
     # the verdict recomputed from MLflow's children is the one the study reported
     spec, rows, parent = runs_from_mlflow(uri, "seqkill")
     recomputed = follow(rows, spec)
