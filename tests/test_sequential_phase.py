@@ -302,19 +302,22 @@ def _children(client, name):
 @pytest.mark.slow
 def test_a_study_killed_in_its_sequential_phase_resumes_to_the_same_verdict(workdir):
     """BN makes the bias redundant, so every paired difference is 0: look 1 (2 pairs, no
-    look below 5) adds 3 pairs, look 2 says equivalent. One trial at a time, so when the
-    driver is killed (SIGKILL, with its Ray) once a pair of look 1 has ended, the other
-    two are still to run."""
+    look below 5) adds 3 pairs, look 2 says equivalent. One trial at a time; the worker of
+    look 1's second pair dies at its second epoch (injected) and Tune starts it again, so
+    when the driver is killed (SIGKILL, with its Ray) once look 1's first pair has ended,
+    the others have not, however fast the machine."""
     from mlflow.tracking import MlflowClient
 
     raw = tiny_spec(name="seqkill", search={"sampler": "random", "trials": 2, "seed": 3},
-                    train={"epochs": 1, "batch_size": 32}, execution={"concurrency": 1},
+                    train={"epochs": 2, "batch_size": 32},
+                    execution={"concurrency": 1, "checkpoint_every": 1},
                     verdict={"equivalence_margin": 0.2,
                              "sequential": {"max_pairs": 6, "looks": 2, "min_pairs": 5}})
     path = workdir / "seqkill.yaml"
     path.write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{workdir}/mlflow.db"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["STUDY_INJECT_FAILURE"] = "seqkill/c000-bias=True-s5@1"  # read by the workers
     driver = subprocess.Popen([sys.executable, "-m", "study.cli", "run", str(path)],
                               cwd=workdir, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
