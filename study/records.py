@@ -137,11 +137,13 @@ class RunRecord:
     error: str = ""
     mlflow_run_id: str | None = None
     fused: int = 1  # models it trained fused with (itself included)
+    look: int = 0  # 0: a search run; k: added by the sequential phase after look k
 
     def as_row(self) -> dict[str, Any]:
         return {
             "run_key": self.run_key, "config": self.config, "optuna_trial": self.optuna_trial,
-            "level": self.level, "seed": self.seed, "pair": self.pair, "status": self.status,
+            "level": self.level, "seed": self.seed, "pair": self.pair, "look": self.look,
+            "status": self.status,
             "epochs": self.epochs, **{f"param.{k}": v for k, v in self.params.items()},
             **self.metrics, "model_params": self.model_params, "macs": self.macs,
             "node": self.node, "device": self.device, "mlflow_run_id": self.mlflow_run_id,
@@ -157,7 +159,7 @@ class RunRecord:
                    optuna_trial=row["optuna_trial"], level=row["level"], seed=row["seed"],
                    pair=row["pair"], params=params, status=row["status"],
                    epochs=int(row.get("epochs") or 0), metrics=metrics,
-                   mlflow_run_id=row["mlflow_run_id"])
+                   mlflow_run_id=row["mlflow_run_id"], look=int(row.get("look") or 0))
 
 
 @dataclass

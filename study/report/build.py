@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,8 +25,18 @@ from study.records import (
     check_study_ref,
 )
 from study.redact import redact_text, redact_uri, usable_uri
+from study.report.budget_report import budget_blocks, budget_curves, plot_budget
 from study.report.curve_plot import plot_curves
+from study.report.figures import fig_png, pyplot
 from study.report.pareto import level_fronts, pareto_blocks, plot_fronts
+from study.report.sequential_report import (
+    looks_json,
+    plot_looks,
+    sequential_blocks,
+    sequential_effects,
+    sequential_path,
+    sequential_table,
+)
 from study.report.stats import (
     USABLE,
     Effect,
@@ -67,6 +77,8 @@ class Report:
     markdown: str
     html: str
     images: dict[str, bytes] = field(default_factory=dict)
+    path: Any = None  # study.search.looks.LookPath of a sequential study (None: none)
+    looks: list[dict[str, Any]] = field(default_factory=list)  # written as looks.json
 
     def write(self, folder: str | Path) -> Path:
         out = Path(folder)
@@ -77,6 +89,8 @@ class Report:
             (out / name).write_bytes(png)
         (out / "effects.json").write_text(json.dumps([_effect_json(e) for e in self.effects],
                                                      indent=1))
+        if self.path is not None:
+            (out / "looks.json").write_text(json.dumps(self.looks, indent=1))
         return out
 
 
@@ -93,37 +107,64 @@ def _effect_json(e: Effect) -> dict[str, Any]:
 
 def build_report(inp: ReportInput) -> Report:
     spec, rows = inp.spec, inp.rows
-    effects: list[Effect] = []
-    if spec.compare_knob:
-        effects = paired_effects(rows, knob=spec.compare_knob, levels=spec.compare_levels,
-                                 metric=spec.verdict_metric, margin=spec.margin,
-                                 mode=spec.verdict_mode, alpha=spec.alpha)
-        for by in spec.verdict_by:
-            effects += [e for e in paired_effects(
-                rows, knob=spec.compare_knob, levels=spec.compare_levels,
-                metric=spec.verdict_metric, margin=spec.margin, mode=spec.verdict_mode,
-                by=by, alpha=spec.alpha) if e.group != "all"]
+    path = sequential_path(rows, spec)
+    effects = sequential_effects(path, rows, spec) if path is not None else _effects(inp)
     counts = status_counts(rows)
+    budget = budget_curves(rows, spec) if spec.compare_knob else {}
+    curve_sets = _curve_sets(inp)
+    blocks = _blocks_of(inp, effects, counts, curve_sets, path)
+    if budget:
+        blocks += budget_blocks(budget, spec)
+    images = _images(inp, effects, path, budget, curve_sets)
+    title = f"Study report: {spec.name}"
+    return Report(title=title, effects=effects, counts=counts,
+                  markdown=_markdown(title, blocks), html=_html(title, blocks, images),
+                  images=images, path=path,
+                  looks=looks_json(path, spec) if path is not None else [])
+
+
+def _effects(inp: ReportInput) -> list[Effect]:
+    """The fixed-n paired effects: overall, then per `verdict.by` group."""
+    spec, rows = inp.spec, inp.rows
+    if not spec.compare_knob:
+        return []
+    effects = paired_effects(rows, knob=spec.compare_knob, levels=spec.compare_levels,
+                             metric=spec.verdict_metric, margin=spec.margin,
+                             mode=spec.verdict_mode, alpha=spec.alpha)
+    for by in spec.verdict_by:
+        effects += [e for e in paired_effects(
+            rows, knob=spec.compare_knob, levels=spec.compare_levels,
+            metric=spec.verdict_metric, margin=spec.margin, mode=spec.verdict_mode,
+            by=by, alpha=spec.alpha) if e.group != "all"]
+    return effects
+
+
+def _curve_sets(inp: ReportInput) -> dict[str, Any]:
+    """Curves against depth and width, where the runs vary them."""
+    spec, rows = inp.spec, inp.rows
+    metric = spec.verdict_metric if spec.compare_knob else spec.metric
+    return {x: curves(rows, x=x, metric=metric, split=_curve_split(spec, x), alpha=spec.alpha)
+            for x in ("depth", "width") if len({r.get(f"param.{x}") for r in rows}) > 1}
+
+
+def _images(inp: ReportInput, effects: Sequence[Effect], path: Any,
+            budget: Mapping[str, Any], curve_sets: Mapping[str, Any]) -> dict[str, bytes]:
+    """The report's figures, by file name."""
+    spec = inp.spec
     images: dict[str, bytes] = {}
-    if effects and any(e.n for e in effects):
+    if path is not None:
+        images["looks.png"] = plot_looks(path, spec)
+    elif effects and any(e.n for e in effects):
         images["effects.png"] = _plot_effects(effects, spec)
-    curve_sets = {}
-    for x in ("depth", "width"):
-        if len({r.get(f"param.{x}") for r in rows}) > 1:
-            curve_sets[x] = curves(rows, x=x, metric=spec.verdict_metric
-                                   if spec.compare_knob else spec.metric,
-                                   split=_curve_split(spec, x), alpha=spec.alpha)
+    if budget:
+        images["budget.png"] = plot_budget(budget, spec)
     if curve_sets:
         images["curves.png"] = _plot_curves(curve_sets, spec)
     if inp.importance:
         images["importance.png"] = _plot_importance(inp.importance)
     if spec.multi_objective:
-        images["pareto.png"] = _fig_png(plot_fronts(_fronts(inp), spec.objectives, pyplot()))
-    blocks = _blocks_of(inp, effects, counts, curve_sets)
-    title = f"Study report: {spec.name}"
-    return Report(title=title, effects=effects, counts=counts,
-                  markdown=_markdown(title, blocks), html=_html(title, blocks, images),
-                  images=images)
+        images["pareto.png"] = fig_png(plot_fronts(_fronts(inp), spec.objectives, pyplot()))
+    return images
 
 
 def _curve_split(spec: StudySpec, x: str | None = None) -> tuple[str, ...]:
@@ -144,6 +185,8 @@ def verdict_table(report: Report, spec: StudySpec) -> str:
     """A short plain-text table of the verdicts, for the terminal."""
     if not report.effects:
         return "(no compared knob: no verdict)"
+    if report.path is not None:
+        return sequential_table(report.path, spec)
     s, unit = _unit(spec)
     head = f"{'comparison':<34} {'group':<16} {'n':>4} {'mean diff' + unit:>13}  " \
            f"{ci_label(spec.alpha):<19} verdict"
@@ -174,15 +217,20 @@ Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", (head, rows)) 
 
 
 def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str, int],
-               curve_sets: Mapping[str, Any]) -> list[Block]:
+               curve_sets: Mapping[str, Any], path: Any) -> list[Block]:
     """The report's sections, in order."""
     spec = inp.spec
     b: list[Block] = [("p", f"**Question.** {spec.question}")]
     b.append(("p", f"Execution `{inp.execution}` ({inp.status}); MLflow parent run "
                    f"`{inp.parent_run_id}` at `{redact_uri(inp.tracking_uri)}`; spec "
                    f"`{spec.source}`."))
-    if effects:
+    if path is not None:
+        b += sequential_blocks(path, effects, spec)
+    elif effects:
         b += _verdict_section(spec, effects)
+    if spec.sequential and path is None:
+        b.append(("p", "The sequential phase has not started: some search runs have not "
+                       "ended (`study resume` continues the study)."))
     b += _runs_section(inp, counts)
     b += _settings_section(spec)
     if curve_sets:
@@ -246,7 +294,10 @@ def _runs_section(inp: ReportInput, counts: Mapping[str, int]) -> list[Block]:
             [lv, *(str(c.get(st, 0)) for st in statuses), str(sum(c.values()))]
             for lv, c in per_level.items()])),
         ("p", f"{total} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items())
-         + f" (planned: {spec.total_runs}). Failed runs carry no value; diverged runs "
+         + f" (planned by the search: {spec.total_runs}"
+         + (f"; added by the sequential phase: {sum(1 for r in inp.rows if r.get('look'))}"
+            if spec.sequential else "")
+         + "). Failed runs carry no value; diverged runs "
          "(loss NaN/inf or above 100 x ln(classes)) keep the value they reached."),
     ]
 
@@ -377,8 +428,6 @@ def _markdown(title: str, blocks: Sequence[Block]) -> str:
 
 def _inline_md(text: str) -> str:
     """The little Markdown the blocks use (**bold**, `code`, *em*) as HTML."""
-    import re
-
     t = html.escape(text)
     t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", t)
     t = re.sub(r"`(.+?)`", r"<code>\1</code>", t)
@@ -418,25 +467,6 @@ def _html(title: str, blocks: Sequence[Block], images: Mapping[str, bytes]) -> s
 # --------------------------------------------------------------------------------------
 
 
-def _fig_png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def pyplot() -> Any:
-    """matplotlib.pyplot with the file-only Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_effects(effects: Sequence[Effect], spec: StudySpec) -> bytes:
     plt = pyplot()
     s = scale(spec.verdict_metric)
@@ -462,13 +492,13 @@ def _plot_effects(effects: Sequence[Effect], spec: StudySpec) -> bytes:
                   f"{ci_label(spec.alpha)}, pairs")
     ax.set_title(f"{spec.compare_knob}: effect on {spec.verdict_metric}")
     ax.legend(loc="lower right", fontsize=8)
-    return _fig_png(fig)
+    return fig_png(fig)
 
 
 def _plot_curves(curve_sets: Mapping[str, Any], spec: StudySpec) -> bytes:
     metric = spec.verdict_metric if spec.compare_knob else spec.metric
     by_other = {x: _other_curve_knob(spec, x) in _curve_split(spec, x) for x in curve_sets}
-    return _fig_png(plot_curves(curve_sets, by_other, metric, scale(metric),
+    return fig_png(plot_curves(curve_sets, by_other, metric, scale(metric),
                                 ci_label(spec.alpha), pyplot()))
 
 
@@ -478,7 +508,7 @@ def _plot_importance(imp: Mapping[str, float]) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(items) + 1.2))
     ax.barh([k for k, _ in items], [v for _, v in items], color="#0969da")
     ax.set_xlabel("importance (fANOVA)")
-    return _fig_png(fig)
+    return fig_png(fig)
 
 
 # --------------------------------------------------------------------------------------

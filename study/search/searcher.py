@@ -14,12 +14,20 @@ Deterministic asynchronous search: configuration k is asked for only after confi
 configuration k is exactly configurations 0..k-P, whatever the timing, the number of workers
 or the order in which runs finish: the same spec and seed propose the same configurations on
 a laptop and on a cluster.
+
+Sequential phase (`verdict.sequential`, see ``study.search.looks``): once every run of the
+search has ended, the searcher looks at each comparison and, while some are unsettled,
+hands out blocks of new pairs (existing configurations, new seeds, tagged with the look
+they were added after), waits for them, and looks again; it ends the search (FINISHED)
+when every comparison is settled or at its maximum. Optuna hears nothing of these runs: a
+configuration's Optuna value is the one told after the search (Optuna trials are
+immutable once told).
 """
 
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +38,16 @@ from ray.tune.search import Searcher
 from study.records import RunStatus
 from study.redact import redact_spec
 from study.report.stats import USABLE, finite_mean, usable_value
+from study.search.looks import LookPath, follow, look_lines
 from study.search.objectives import config_means, run_objectives, study_directions
 from study.search.space import define_by_run, expand_runs, make_sampler
 from study.spec import StudySpec
 
-__all__ = ["BlockSearcher", "ConfigState", "ask_attrs", "open_study", "reattach_trial",
-           "tell_attrs"]
+__all__ = ["BlockSearcher", "ConfigState", "LookHook", "ask_attrs", "open_study",
+           "reattach_trial", "tell_attrs"]
+
+# Called at each look with its terminal lines, the path so far and the runs now planned.
+LookHook = Callable[[list[str], LookPath, int], None]
 
 
 @dataclass
@@ -137,27 +149,58 @@ class BlockSearcher(Searcher):
         self.seeds_per_block = max(1, seeds_per_block)
         self.configs: list[ConfigState] = []
         self.queue: list[list[dict[str, Any]]] = []  # blocks not yet handed out
-        self.trial_runs: dict[str, tuple[int, list[str]]] = {}  # trial id -> (config, runs)
+        self.trial_runs: dict[str, list[dict[str, Any]]] = {}  # trial id -> its block
         self.last: dict[str, dict] = {}  # running trial id -> its latest result
+        self.live: set[str] = set()  # trials handed out and not completed
         self.next_to_tell = 0
         self.trial_attrs = dict(trial_attrs or {})
         for k, v in self.trial_attrs.items():
             self.study.set_user_attr(k, v)
+        # the sequential phase (study.search.looks)
+        self.rows: dict[str, dict[str, Any]] = {}  # run key -> the ended run, as looks read it
+        self.outstanding: set[str] = set()  # runs of the current look not yet ended
+        self.extra: set[str] = set()  # runs the sequential phase planned
+        self.looks_shown = 0  # looks passed to on_look
+        self.sequential_done = spec.sequential is None
+        self.on_look: LookHook | None = None  # set by the runner; never pickled
+
+    @property
+    def planned_runs(self) -> int:
+        """The runs of the search and those the sequential phase has planned so far."""
+        return self.spec.total_runs + len(self.extra)
+
+    @property
+    def finished(self) -> bool:
+        """Has the searcher handed out its last block (the search and any sequential phase
+        over)?"""
+        return len(self.configs) >= self.spec.trials and not self.queue and \
+            self.sequential_done
 
     # -- Tune API --
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if not self.queue:
             k = len(self.configs)
-            if k >= self.spec.trials:
+            if k < self.spec.trials:
+                gate = k - self.spec.pending
+                if gate >= 0 and not self.configs[gate].told:
+                    return self._wait()  # keeps the sampler's history deterministic
+                self._ask(k)
+            elif not self._next_look():
                 return Searcher.FINISHED
-            gate = k - self.spec.pending
-            if gate >= 0 and not self.configs[gate].told:
-                return None  # wait: keeps the sampler's history deterministic
-            self._ask(k)
+            if not self.queue:
+                return self._wait()
         block = self.queue.pop(0)
-        self.trial_runs[trial_id] = (block[0]["config"], [r["run_key"] for r in block])
+        self.trial_runs[trial_id] = block
+        self.live.add(trial_id)
         return {"block": block}
+
+    def _wait(self) -> str | None:
+        """None (Tune asks again later) while a trial runs whose end may move things on;
+        with none running, FINISHED: runs that stopped before their end (interrupted) keep
+        the study from going on, and its outcome says so (Tune would otherwise wait
+        forever)."""
+        return None if self.live else Searcher.FINISHED
 
     def _ask(self, k: int) -> None:
         """Ask Optuna for configuration k and queue its blocks."""
@@ -194,35 +237,93 @@ class BlockSearcher(Searcher):
                           error: bool = False) -> None:
         if trial_id not in self.trial_runs:
             return
-        k, keys = self.trial_runs[trial_id]
-        cfg = self.configs[k]
+        self.live.discard(trial_id)
+        block = self.trial_runs[trial_id]
         last = self.last.pop(trial_id, None)
         records = _records(result or last)
-        for key in keys:
-            rec = records.get(key, {})
+        for run in block:
+            rec = records.get(run["run_key"], {})
             status = rec.get("status")
             if status in USABLE:  # ended on its own (a block says completed at the end only)
-                cfg.values[key] = usable_value(rec, self.spec.metric)
-                cfg.objectives[key] = run_objectives(self.spec, rec)
+                self._ended(run, rec, status)
             elif trial_id in self.pruned_trials:
-                cfg.pruned.add(key)
-                cfg.values[key] = None
+                self._ended(run, rec, RunStatus.PRUNED)
             elif status == RunStatus.FAILED or error:
-                cfg.values[key] = None
+                self._ended(run, rec, RunStatus.FAILED)
             # else: stopped before its end (interrupted): it runs again on resume
         self._tell_ready()
+
+    def _ended(self, run: Mapping[str, Any], rec: Mapping[str, Any], status: str) -> None:
+        """Run `run` ended with `status`: its value goes to its configuration (search runs
+        only) and its row to the looks."""
+        key = run["run_key"]
+        if not run.get("look"):
+            cfg = self.configs[run["config"]]
+            cfg.values[key] = usable_value(rec, self.spec.metric) \
+                if status in USABLE else None
+            if status in USABLE:
+                cfg.objectives[key] = run_objectives(self.spec, rec)
+            if status == RunStatus.PRUNED:
+                cfg.pruned.add(key)
+        vm = self.spec.verdict_metric
+        self.rows[key] = {
+            "run_key": key, "config": run["config"], "seed": run["seed"],
+            "level": run["level"], "look": int(run.get("look") or 0), "status": str(status),
+            vm: rec.get(vm), **{f"param.{b}": run.get(b) for b in self.spec.verdict_by}}
+        self.outstanding.discard(key)
+
+    def _next_look(self) -> bool:
+        """After the search: look once every planned run has ended, and queue the runs the
+        look adds. False when there is nothing more to run."""
+        if self.sequential_done:
+            return False
+        if self.outstanding or not all(c.complete for c in self.configs):
+            return True  # wait for the runs that are out
+        path = follow(self.rows.values(), self.spec)
+        lines = look_lines(path, self.spec, since=self.looks_shown)
+        self.looks_shown = path.rounds
+        self._queue_look(path)
+        if self.on_look is not None:
+            self.on_look(lines, path, self.planned_runs)
+        return not self.sequential_done
+
+    def _queue_look(self, path: LookPath) -> None:
+        """Queue the runs `path` waits for (existing configurations, new seeds), in blocks
+        of whole pairs of one configuration; or end the sequential phase."""
+        self.extra.update(r["run_key"] for r in path.added)
+        if path.finished:
+            self.sequential_done = True
+            return
+        by_config: dict[int, set[int]] = {}
+        for r in path.pending:
+            by_config.setdefault(r["config"], set()).add(r["seed"])
+        pending = {r["run_key"]: r["look"] for r in path.pending}
+        for k, seeds in sorted(by_config.items()):
+            cfg = self.configs[k]
+            runs = [r for r in expand_runs(self.spec, k, cfg.params, seeds=sorted(seeds))
+                    if r["run_key"] in pending]
+            for r in runs:
+                r["optuna_trial"] = cfg.optuna_number
+                r["look"] = pending[r["run_key"]]
+            self.queue.extend(self._blocks(runs))
+            self.outstanding.update(r["run_key"] for r in runs)
 
     def restore_progress(self, done: dict[str, float | None],
                          pruned: set[str] | None = None,
                          objectives: Mapping[str, tuple[float | None, ...]] | None = None,
-                         ) -> int:
+                         rows: Iterable[Mapping[str, Any]] = ()) -> int:
         """Rebuild the state of an interrupted execution from its Optuna study and the runs
         that ended (run_key -> value, None for failed; `objectives`: run_key -> its value of
-        every objective, for a multi-objective study). Returns the runs left to run.
+        every objective, for a multi-objective study; `rows`: the same runs as the report
+        reads them, with their `look`, for the sequential phase). Returns the runs left to
+        run (in the sequential phase: those of the current look).
 
         Configuration k is Optuna trial number k (a fresh study per execution, asked in
-        order). Trials asked but not told are told later by number, never asked again.
+        order). Trials asked but not told are told later by number, never asked again. The
+        looks are replayed from the ended runs (``study.search.looks.follow``), so the runs
+        of the current look are planned again exactly as the killed driver planned them.
         """
+        self.rows = {r["run_key"]: dict(r) for r in rows}
         trials = sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number)
         for t in trials:
             k, params = t.number, self._restored_params(t)
@@ -244,7 +345,14 @@ class BlockSearcher(Searcher):
         self.next_to_tell = told.index(False) if False in told else len(told)
         self._tell_ready()
         asked = sum(len(c.runs) - len(c.values) for c in self.configs)
-        return asked + (self.spec.trials - len(self.configs)) * self.spec.runs_per_config
+        left = asked + (self.spec.trials - len(self.configs)) * self.spec.runs_per_config
+        self.extra = {k for k, r in self.rows.items() if r.get("look")}
+        if not self.sequential_done and left == 0:  # the search is over: where are the looks?
+            path = follow(self.rows.values(), self.spec)
+            self.looks_shown = path.rounds
+            self._queue_look(path)
+            left = len(self.outstanding)
+        return left
 
     # -- internals --
 
@@ -297,7 +405,7 @@ class BlockSearcher(Searcher):
         the storage keeps Optuna's state) and with the spec redacted. A resume builds a new
         searcher (runner.resume): nothing reads it back but :meth:`restore`."""
         state = {**self.__dict__, "spec": redact_spec(self.spec)}
-        for name in ("study", "storage"):
+        for name in ("study", "storage", "on_look"):
             state.pop(name, None)
         return state
 
@@ -310,4 +418,5 @@ class BlockSearcher(Searcher):
         with open(checkpoint_path, "rb") as fh:
             state = pickle.load(fh)
         state.pop("spec", None)
+        state.pop("on_look", None)
         self.__dict__.update(state)

@@ -7,7 +7,7 @@ are a *pair* (a block, with more than two levels).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from study.spec import StudySpec
@@ -100,10 +100,12 @@ def run_key(config: int, level: Any, seed: int, compare_knob: str | None) -> str
     return f"c{config:03d}{lvl}-s{seed}"
 
 
-def expand_runs(spec: StudySpec, config: int, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every run of one configuration: seeds outer, levels inner (pairs stay adjacent)."""
+def expand_runs(spec: StudySpec, config: int, params: Mapping[str, Any],
+                seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Every run of one configuration (of `seeds`, default the search's): seeds outer,
+    levels inner (pairs stay adjacent)."""
     runs = []
-    for seed in spec.seeds:
+    for seed in spec.seeds if seeds is None else seeds:
         for level in spec.levels:
             knobs = {**spec.fixed, **params}
             if spec.compare_knob:

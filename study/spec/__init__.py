@@ -24,13 +24,13 @@ from study.spec.knobs import (
     Knob,
 )
 from study.spec.load import apply_overrides, load_spec, load_yaml_text, parse_spec
-from study.spec.model import DatasetSpec, Dist, StudySpec
+from study.spec.model import DatasetSpec, Dist, SequentialSpec, StudySpec
 from study.spec.storage import STORAGE_ENV, resolve_storage, resolve_tracking_uri
 
 __all__ = [
-    "DATASETS", "FASHION_MNIST_DIR", "FUSE_MODES", "KNOBS", "LIMITS", "METRICS",
-    "FAMILIES", "NAME_PATTERN", "SAMPLERS", "STORAGE_ENV", "DatasetSpec", "Dist", "Family", "Knob",
-    "SpecError",
-    "StudySpec", "apply_overrides", "load_spec", "load_yaml_text", "parse_spec",
-    "register_family", "resolve_storage", "resolve_tracking_uri", "unregister_family",
+    "DATASETS", "FAMILIES", "FASHION_MNIST_DIR", "FUSE_MODES", "KNOBS", "LIMITS", "METRICS",
+    "NAME_PATTERN", "SAMPLERS", "STORAGE_ENV", "DatasetSpec", "Dist", "Family", "Knob",
+    "SequentialSpec", "SpecError", "StudySpec", "apply_overrides", "load_spec",
+    "load_yaml_text", "parse_spec", "register_family", "resolve_storage",
+    "resolve_tracking_uri", "unregister_family",
 ]

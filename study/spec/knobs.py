@@ -188,6 +188,9 @@ LIMITS: dict[str, tuple[float, float]] = {
     "execution.runs_per_trial": (1, 10_000),  # runs of one Tune trial, as search.trials
     "verdict.equivalence_margin": (0, 100),  # in the metric's units; losses are < 100
     "verdict.alpha": (0, 0.5),  # 0.5: a test that is wrong half the time says nothing
+    "verdict.sequential.max_pairs": (2, 10_000),  # pairs per comparison, as trials
+    "verdict.sequential.looks": (1, 100),  # looks at one comparison: each spends alpha
+    "verdict.sequential.min_pairs": (2, 10_000),  # a t interval needs two pairs at least
     "resources.cpu": (0, 1024),  # CPUs per run: more than one machine has
     "resources.gpu": (0, 64),  # GPUs per run: more than one machine has
     "levels": (2, 64),  # compared levels: each configuration runs every one

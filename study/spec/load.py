@@ -22,6 +22,7 @@ from study.spec.objectives import parse_objectives
 from study.spec.sections import (
     check_fuse,
     check_run_count,
+    check_sequential,
     parse_compare,
     parse_execution,
     parse_fixed,
@@ -145,13 +146,15 @@ def parse_spec(raw: Any, *, source: str = "<dict>",
     st = c.mapping("storage", top.get("storage"), list(STORAGE_ENV))
     storage = parse_storage(c, st, resolve_storage(st))  # the environment is read here
     # the sections' fields are StudySpec's fields of the same names
-    return StudySpec(
+    spec = StudySpec(
         name=name, question=question, dataset=dataset, model=knobs.model, fixed=fixed,
         space=space, compare_knob=compare_knob, compare_levels=levels, repeats=repeats,
         **vars(search), metric=metric, mode=mode, **vars(verdict), cpu=cpu, gpu=gpu,
         **vars(execution), fuse=knobs.fuse, **vars(storage), source=source,
         objectives=objectives, raw=_deepcopy(top),
     )
+    check_sequential(c, spec.sequential, spec.scheduler, spec.most_runs)
+    return spec
 
 
 def _parse_top(c: Context, raw: Any, overrides: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -22,6 +22,14 @@ class Dist:
     log: bool = False
     when: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
+    def values(self) -> int:
+        """How many values it can take (a float range: as many as a study can ask)."""
+        if self.kind == "choice":
+            return len(self.choices)
+        if self.kind == "int":
+            return int((self.high - self.low) // (self.step or 1)) + 1
+        return 10**9
+
     def describe(self) -> str:
         if self.kind == "choice":
             s = "choice " + ", ".join(fmt_number(c) for c in self.choices)
@@ -57,6 +65,21 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True)
+class SequentialSpec:
+    """`verdict.sequential`: seeds are added after the search until every comparison is
+    settled or has `max_pairs` pairs (``study.search.looks``)."""
+
+    max_pairs: int  # the most pairs one comparison may get (its final look)
+    looks: int  # planned looks, equally spaced in pairs up to max_pairs
+    spending: str  # alpha-spending function: obrien_fleming or pocock
+    min_pairs: int = 5  # no look before this many pairs (a t interval needs a few)
+
+    def describe(self) -> str:
+        return (f"sequential: up to {self.max_pairs} pairs per comparison, {self.looks} "
+                f"planned looks, {self.spending.replace('_', '-')} alpha spending")
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     question: str
@@ -82,6 +105,7 @@ class StudySpec:
     margin: float  # equivalence margin, in the metric's units (0.005 = 0.5 pp)
     verdict_by: tuple[str, ...]  # knobs to break the effect down by
     alpha: float
+    sequential: SequentialSpec | None  # seeds added after the search until settled
     cpu: float
     gpu: float
     concurrency: int | None
@@ -112,6 +136,22 @@ class StudySpec:
     @property
     def seeds(self) -> tuple[int, ...]:
         return tuple(self.seed + r for r in range(self.repeats))
+
+    @property
+    def most_runs(self) -> int:
+        """The runs the study can reach: the search's, plus what the sequential phase may
+        add (study.search.looks.most_extra_pairs)."""
+        return self.total_runs + self.most_extra_pairs * len(self.levels)
+
+    @property
+    def most_extra_pairs(self) -> int:
+        """Pairs the sequential phase may add at most: up to max_pairs for the comparison
+        over all configurations and for each `verdict.by` group (a group is a value of a
+        `by` knob: at most its values, at most one per configuration)."""
+        if self.sequential is None:
+            return 0
+        groups = sum(min(self.trials, self.space[b].values()) for b in self.verdict_by)
+        return self.sequential.max_pairs * (1 + groups)
 
     @property
     def runs_per_config(self) -> int:
@@ -149,6 +189,8 @@ class StudySpec:
             by = f", broken down by {', '.join(self.verdict_by)}" if self.verdict_by else ""
             lines.append(f"  verdict:  {self.verdict_metric}, equivalence margin "
                          f"±{fmt_number(self.margin)}, alpha {fmt_number(self.alpha)}{by}")
+            if self.sequential:
+                lines.append(f"            {self.sequential.describe()}")
         lines.append(f"  per run:  {fmt_number(self.cpu)} cpu, {fmt_number(self.gpu)} gpu")
         # the question, file and dataset path are the user's: shown, never obeyed
         return printable("\n".join(lines))

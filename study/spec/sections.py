@@ -10,7 +10,9 @@ from typing import Any
 from study.spec.context import Context
 from study.spec.families import FAMILIES
 from study.spec.knobs import FUSE_MODES, KNOBS, LIMITS, METRICS, SAMPLERS, fmt_number
-from study.spec.model import Dist
+from study.spec.model import Dist, SequentialSpec
+
+SPENDINGS = ("obrien_fleming", "pocock")  # as study.report.sequential.SPENDINGS (no scipy here)
 
 
 @dataclass(frozen=True)
@@ -134,13 +136,15 @@ class _Verdict:
     margin: float
     verdict_by: tuple[str, ...]
     alpha: float
+    sequential: SequentialSpec | None
 
 
 def parse_verdict(c: Context, value: Any, compare_knob: str | None,
                    space: Mapping[str, Dist]) -> _Verdict:
-    """`verdict:` (only with `compare:`): metric, margin, alpha and searched knobs to
-    break the effect down by."""
-    vd = c.mapping("verdict", value, ["metric", "mode", "equivalence_margin", "by", "alpha"])
+    """`verdict:` (only with `compare:`): metric, margin, alpha, searched knobs to break
+    the effect down by, and the sequential phase."""
+    vd = c.mapping("verdict", value, ["metric", "mode", "equivalence_margin", "by", "alpha",
+                                      "sequential"])
     if vd and not compare_knob:
         c.fail("verdict", value, "a `verdict:` only together with `compare:` "
                "(the verdict is about the compared knob)", "nothing to compare")
@@ -161,7 +165,52 @@ def parse_verdict(c: Context, value: Any, compare_knob: str | None,
                    + (", ".join(space) or "none is searched"))
     alpha = c.number("verdict.alpha", vd.get("alpha", 0.05), *LIMITS["verdict.alpha"],
                      low_open=True)
-    return _Verdict(verdict_metric, verdict_mode, margin, tuple(by_list), alpha)
+    sequential = parse_sequential(c, vd.get("sequential"), alpha)
+    return _Verdict(verdict_metric, verdict_mode, margin, tuple(by_list), alpha, sequential)
+
+
+def parse_sequential(c: Context, value: Any, alpha: float) -> SequentialSpec | None:
+    """`verdict.sequential:` {max_pairs, looks, spending, min_pairs} (None: not set)."""
+    if value is None:
+        return None
+    path = "verdict.sequential"
+    sq = c.mapping(path, value, ["max_pairs", "looks", "spending", "min_pairs"])
+    if "max_pairs" not in sq:
+        c.fail(f"{path}.max_pairs", None, "an integer: the most pairs one comparison may get, "
+               "e.g. {max_pairs: 60, looks: 5}", "missing required field")
+    out = SequentialSpec(
+        max_pairs=c.integer(f"{path}.max_pairs", sq["max_pairs"]),
+        looks=c.integer(f"{path}.looks", sq.get("looks", 5)),
+        spending=c.string(f"{path}.spending", sq.get("spending", "obrien_fleming"),
+                          SPENDINGS),
+        min_pairs=c.integer(f"{path}.min_pairs", sq.get("min_pairs", 5)))
+    if out.max_pairs < out.min_pairs:
+        c.fail(f"{path}.max_pairs", out.max_pairs, f"at least min_pairs ({out.min_pairs}): "
+               "no look happens before min_pairs pairs")
+    most = out.max_pairs - out.min_pairs + 1
+    if out.looks > most:
+        c.fail(f"{path}.looks", out.looks, f"at most max_pairs - min_pairs + 1 ({most}): "
+               "two looks need at least one more pair between them")
+    if alpha >= 0.5:
+        c.fail("verdict.alpha", alpha, "below 0.5 with `verdict.sequential` (alpha is "
+               "spent over the looks)")
+    return out
+
+
+def check_sequential(c: Context, sequential: SequentialSpec | None, scheduler: str,
+                     most_runs: int) -> None:
+    """The sequential phase needs every run to its last epoch and a bounded run count."""
+    if sequential is None:
+        return
+    if scheduler != "fifo":
+        c.fail("search.scheduler", scheduler, "fifo with `verdict.sequential` (a pair "
+               "stopped early has no value to look at)")
+    if most_runs > LIMITS["runs"][1]:
+        c.fail("verdict.sequential.max_pairs", sequential.max_pairs,
+               f"a maximum that keeps the runs the study can reach at most "
+               f"{fmt_number(LIMITS['runs'][1])} (here up to {most_runs}: the search's runs "
+               "plus max_pairs pairs for the overall comparison and for each `by` group)",
+               "too many runs")
 
 
 def parse_resources(c: Context, value: Any) -> tuple[float, float]:

@@ -54,6 +54,8 @@ class ChildRuns:
         }
         if s.compare_knob:
             tags["study.arm"] = f"{s.compare_knob}={rec.level}"
+        if s.sequential:  # 0: a search run; k: added by the sequential phase after look k
+            tags["study.look"] = rec.look
         self.children.add(rec.run_key)
         self.writer.start_child(rec.run_key, name=rec.run_key, params=params, tags=tags)
 

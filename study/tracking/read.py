@@ -6,6 +6,7 @@ colleague's file, read with the bounded YAML reader; children are read page by p
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -100,10 +101,20 @@ def _row(child: Any, spec: StudySpec) -> dict[str, Any]:
         "seed": int(t["study.seed"]), "pair": t.get("study.pair"),
         "status": t.get("study.status", "unknown"),
         "epochs": int(t.get("study.epochs", 0)),
+        "look": _look_tag(t.get("study.look", "0"), child.info.run_id),
         **{f"param.{k}": v for k, v in params.items()},
         **child.data.metrics, **_model_cost(p), "mlflow_run_id": child.info.run_id,
         "mlflow_status": child.info.status,
     }
+
+
+def _look_tag(text: str, run_id: str) -> int:
+    """A child's `study.look` tag (a store's text: checked, never trusted)."""
+    if not (isinstance(text, str) and re.fullmatch(r"[0-9]{1,6}", text)):
+        raise SpecError(f"MLflow run {run_id}: tag study.look: {text[:40]!r} is not a look "
+                        "number. Allowed: 0 (a search run) or the look a run was added "
+                        "after (1, 2, ...).")
+    return int(text)
 
 
 def _model_cost(params: Mapping[str, str]) -> dict[str, int | None]:

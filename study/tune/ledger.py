@@ -35,7 +35,8 @@ class RunLedger:
                 rec = RunRecord(run_key=key, config=run["config"],
                                 optuna_trial=run["optuna_trial"], level=run["level"],
                                 seed=run["seed"], pair=run["pair"],
-                                params={k: run[k] for k in KNOBS if k in run})
+                                params={k: run[k] for k in KNOBS if k in run},
+                                look=int(run.get("look") or 0))
                 self.records[key] = rec
             if rec.status not in ENDED:
                 rec.status = RunStatus.RUNNING

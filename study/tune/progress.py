@@ -1,6 +1,7 @@
 """The live progress of a running study: the line it prints, with the time left at the
 measured speed, its lines about retried and failed runs, and the :class:`Progress` events a
-caller's ``on_progress`` function receives (a notebook's progress bar, say).
+caller's ``on_progress`` function receives (a notebook's progress bar, say), and the
+sequential phase's looks as they happen.
 
 ``[name] 3/8 runs done (2 running, 0 failed, 0 diverged) | best ... | 12 s, ~30 s left``
 """
@@ -101,6 +102,7 @@ class ProgressPrinter:
         self._last_print = 0.0
         self._last_event = 0.0
         self._last_line = ""
+        self.planned = spec.total_runs  # grows as the sequential phase adds runs
 
     def __getstate__(self) -> dict[str, object]:
         # pickled with the Tune callback: the echo and on_progress functions stay behind and
@@ -135,7 +137,7 @@ class ProgressPrinter:
                  ) -> Progress:
         """Where the study stands at `now` (time.monotonic), the speed sample included."""
         c = count_statuses(records)
-        total = self.spec.total_runs
+        total = self.planned
         done = work_done(records, self.spec.fixed.get("epochs"))
         self.eta.observe(now, done)
         best = best_of(records, self.spec)
@@ -169,6 +171,14 @@ class ProgressPrinter:
             logger.exception("on_progress raised; it is not called again in this study")
             self.on_progress = None
 
+    def look(self, lines: Iterable[str], planned: int) -> None:
+        """A look of the sequential phase (n, interval, boundary, decision per comparison,
+        then the pairs it adds); `planned`: the runs planned now."""
+        self.planned = planned
+        if self.echo is not None:
+            for line in lines:
+                self.echo(f"[{self.spec.name}] {line}")
+
     def retrying(self, key: str, attempt: int, error: str) -> None:
         if self.echo is not None:
             self.echo(f"  run {key} failed on attempt {attempt}; retrying "
@@ -185,6 +195,8 @@ def best_of(records: Iterable[RunRecord], spec: StudySpec) -> tuple[int, float] 
     finite value, or None while there is none."""
     by_cfg: dict[int, list[float | None]] = {}
     for r in records:
+        if r.look:  # added by the sequential phase: not part of the value Optuna hears
+            continue
         by_cfg.setdefault(r.config, []).append(
             r.metrics.get(spec.metric) if r.status in USABLE else None)
     full = {k: finite_mean(vs) for k, vs in by_cfg.items()

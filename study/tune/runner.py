@@ -220,8 +220,21 @@ def _run(spec: StudySpec, echo: Echo | None, on_progress: OnProgress | None) -> 
              f"{_describe_plan(spec, fuse, seeds_per_block)}")
         echo(f"runs, live: {runs_view_url(spec.tracking_uri, writer.experiment_id)}")
     callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"], on_progress=on_progress)
+    searcher.on_look = look_hook(callback, writer)
     return _execute(spec, execution, execution, searcher, writer, callback, storage,
                     spec.total_runs, echo, t0, fuse)
+
+
+def look_hook(callback: StudyCallback, writer: Any) -> Callable[..., None]:
+    """What the searcher calls at each look of the sequential phase: the lines go to the
+    terminal, and to the parent run as tag `study.look.K` (with `study.looks`: K)."""
+    def on_look(lines: list[str], path: Any, planned: int) -> None:
+        callback.progress.look(lines, planned)
+        text = "\n".join(lines)
+        writer.set_tags("", {f"study.look.{path.rounds}": text[:4000],
+                             "study.looks": path.rounds})
+
+    return on_look
 
 
 def resume(target: str | os.PathLike[str], *, tracking_uri: str | None = None,
@@ -276,7 +289,8 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
     remaining = searcher.restore_progress(
         {k: usable_value(r, spec.metric) for k, r in done.items()},
         pruned={k for k, r in done.items() if r["status"] == RunStatus.PRUNED},
-        objectives={k: run_objectives(spec, r) for k, r in done.items()})
+        objectives={k: run_objectives(spec, r) for k, r in done.items()},
+        rows=done.values())
     n_resume = int(parent.data.tags.get("study.resumes", "0")) + 1
     MlflowClient(spec.tracking_uri).update_run(parent.info.run_id, status="RUNNING")
     writer = MlflowWriter(spec.tracking_uri, spec.name, parent_name=execution,
@@ -286,12 +300,16 @@ def _resume(target: str | os.PathLike[str], tracking_uri: str | None,
                           experiment_tags=EXPERIMENT_TAGS)
     writer.child_ids.update({k: r["mlflow_run_id"] for k, r in done.items()})
     callback = StudyCallback(spec, writer, echo, cpus=cluster["CPU"], on_progress=on_progress)
+    callback.progress.planned = searcher.planned_runs
+    searcher.on_look = look_hook(callback, writer)
     for r in done.values():
         callback.keep(RunRecord.from_row(r))
     if echo:
-        echo(f"resuming {execution}: {len(done)} of {spec.total_runs} runs done and kept, "
-             f"{len(stale)} unfinished run(s) to run again, {remaining} runs left; Ray "
-             f"{cluster['CPU']:g} CPU / {cluster['GPU']:g} GPU")
+        looks = f" (sequential phase: look {searcher.looks_shown})" \
+            if searcher.looks_shown else ""
+        echo(f"resuming {execution}{looks}: {len(done)} of {searcher.planned_runs} runs done "
+             f"and kept, {len(stale)} unfinished run(s) to run again, {remaining} runs left; "
+             f"Ray {cluster['CPU']:g} CPU / {cluster['GPU']:g} GPU")
     return _execute(spec, execution, f"{execution}-resume{n_resume}", searcher, writer,
                     callback, storage, remaining, echo, t0, fuse)
 
@@ -476,7 +494,7 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
     status = StudyStatus.FAILED
     report_error: Exception | None = None
     try:
-        status = _fit(spec, tuner, callback, num_samples)
+        status = _fit(spec, tuner, callback, searcher, num_samples)
     finally:
         # Once the trials are over, a signal waits until the report is written and the
         # parent run is closed (about a second), so the stores are never left half-done.
@@ -502,7 +520,8 @@ def _execute(spec: StudySpec, execution: str, tune_name: str, searcher: Any, wri
     return result
 
 
-def _fit(spec: StudySpec, tuner: Any, callback: StudyCallback, num_samples: int) -> str:
+def _fit(spec: StudySpec, tuner: Any, callback: StudyCallback, searcher: Any,
+         num_samples: int) -> str:
     """Run the trials; the study's status once they are over (a StudyStatus)."""
     try:
         if interrupts.held():  # it came while the stores were being prepared
@@ -510,7 +529,7 @@ def _fit(spec: StudySpec, tuner: Any, callback: StudyCallback, num_samples: int)
         interrupts.through_tune()  # SIGTERM stops the trials like Ctrl-C
         if num_samples > 0:
             tuner.fit()
-        return _outcome(spec, callback)
+        return _outcome(spec, callback, searcher)
     except KeyboardInterrupt:
         return StudyStatus.INTERRUPTED
 
@@ -538,7 +557,10 @@ def _tuner(spec: StudySpec, execution: str, tune_name: str, searcher: Any,
                      "gpu": spec.gpu > 0, "checkpoint_every": spec.checkpoint_every,
                      "checkpoint_dir": _checkpoint_dir(spec, execution), "fuse": fuse,
                      "metric": spec.metric, "retries": spec.retries},
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(num_samples, 1),
+        # the sequential phase adds trials after the search: the cap is the most it can
+        # reach, and the searcher ends the study (FINISHED)
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(
+                                        spec.most_runs if spec.sequential else num_samples, 1),
                                     max_concurrent_trials=spec.concurrency,
                                     scheduler=_scheduler(spec, searcher.pruned_trials),
                                     reuse_actors=True, trial_dirname_creator=_trial_dirname),
@@ -560,13 +582,16 @@ def _scheduler(spec: StudySpec, pruned_trials: set[str]) -> Any:
                        grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
 
 
-def _outcome(spec: StudySpec, callback: StudyCallback) -> str:
-    """finished (every run ended), failed (every run failed) or interrupted."""
+def _outcome(spec: StudySpec, callback: StudyCallback, searcher: Any) -> str:
+    """finished (the searcher handed out its last block and every run ended), failed
+    (every run failed) or interrupted."""
     counts = callback.counts()
-    if spec.total_runs and counts[RunStatus.FAILED] == spec.total_runs:
+    planned = searcher.planned_runs
+    if planned and counts[RunStatus.FAILED] == planned:
         return StudyStatus.FAILED
     ended = sum(counts[k] for k in ENDED)
-    return StudyStatus.FINISHED if ended == spec.total_runs else StudyStatus.INTERRUPTED
+    done = ended == planned and searcher.finished
+    return StudyStatus.FINISHED if done else StudyStatus.INTERRUPTED
 
 
 def _close(spec: StudySpec, result: StudyResult, callback: StudyCallback, writer: Any,
@@ -700,6 +725,8 @@ def _parent_params(spec: StudySpec) -> dict[str, Any]:
         p["dataset_path"] = redact_uri(spec.dataset.path)
     if spec.compare_knob:
         p["compare"] = f"{spec.compare_knob}: {list(spec.compare_levels)}"
+    if spec.sequential:
+        p["sequential"] = spec.sequential.describe()
     for k, v in spec.fixed.items():
         p[f"fixed.{k}"] = v
     for k, d in spec.space.items():

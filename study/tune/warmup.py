@@ -56,6 +56,6 @@ def import_report_modules() -> None:
     with contextlib.suppress(ImportError, OSError):
         import optuna.importance  # noqa: F401
 
-        from study.report.build import pyplot
+        from study.report.figures import pyplot
 
         pyplot()
