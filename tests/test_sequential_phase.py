@@ -21,16 +21,11 @@ import optuna
 import pytest
 import yaml
 
-from study.report.build import (
-    ReportInput,
-    build_report,
-    rebuild,
-    runs_from_mlflow,
-    verdict_table,
-)
+from study.report.build import ReportInput, build_report, rebuild, verdict_table
 from study.search.looks import follow
 from study.search.searcher import BlockSearcher
 from study.spec import SpecError, parse_spec
+from study.tracking.read import runs_from_mlflow
 from tests.conftest import tiny_spec
 
 MARGIN = 0.02  # 2 pp
