@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from study.redact import redact_text
-from study.spec import NAME_PATTERN, SpecError
+from study.spec import KNOBS, NAME_PATTERN, SpecError
 
 __all__ = ["ENDED", "STATUSES", "USABLE", "ConfigRecord", "Progress", "ReportError", "RunRecord",
            "RunStatus", "StudyResult", "StudyStatus", "check_execution_id", "check_run_id",
@@ -148,6 +148,15 @@ class RunRecord:
             **self.metrics, "model_params": self.model_params, "macs": self.macs,
             "node": self.node, "device": self.device, "mlflow_run_id": self.mlflow_run_id,
         }
+
+    @classmethod
+    def from_run(cls, run: Mapping[str, Any]) -> RunRecord:
+        """The record of a run the searcher planned (its identity and every knob), before
+        it starts."""
+        return cls(run_key=run["run_key"], config=run["config"],
+                   optuna_trial=run["optuna_trial"], level=run["level"], seed=run["seed"],
+                   pair=run["pair"], params={k: run[k] for k in KNOBS if k in run},
+                   look=int(run.get("look") or 0))
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> RunRecord:

@@ -291,3 +291,26 @@ def test_sigterm_during_the_runs_exits_130_with_the_resume_command(workdir, ray_
     assert line.endswith(f"continue with `study resume {execution}`")
     _clean(out + err)
     assert parent.info.status == "KILLED" and parent.data.tags["study.status"] == "interrupted"
+
+
+@pytest.mark.parametrize("error", [RuntimeError("the Optuna study could not be made"),
+                                   KeyboardInterrupt()])
+def test_a_failure_after_the_parent_run_exists_never_leaves_it_running(
+        ray_local, workdir, monkeypatch, error):
+    import study
+    from study.search import searcher
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(searcher.BlockSearcher, "__init__", refuse)
+    path = workdir / "early.yaml"
+    path.write_text(yaml.safe_dump(tiny_spec(name="early")))
+    with pytest.raises(type(error)):
+        study.run(path, echo=None)
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    (parent,) = client.search_runs([client.get_experiment_by_name("early").experiment_id])
+    stopped = isinstance(error, KeyboardInterrupt)
+    assert parent.info.status == ("KILLED" if stopped else "FAILED")
+    assert parent.data.tags["study.status"] == ("interrupted" if stopped else "failed")
+    assert type(error).__name__ in parent.data.tags["study.error"]

@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from study.records import ENDED, METRIC_KEYS, RunRecord, RunStatus, count_statuses
-from study.spec import KNOBS
 
 __all__ = ["RunLedger"]
 
@@ -32,12 +31,7 @@ class RunLedger:
             keys.append(key)
             rec = self.records.get(key)
             if rec is None:
-                rec = RunRecord(run_key=key, config=run["config"],
-                                optuna_trial=run["optuna_trial"], level=run["level"],
-                                seed=run["seed"], pair=run["pair"],
-                                params={k: run[k] for k in KNOBS if k in run},
-                                look=int(run.get("look") or 0))
-                self.records[key] = rec
+                rec = self.records[key] = RunRecord.from_run(run)
             if rec.status not in ENDED:
                 rec.status = RunStatus.RUNNING
             rec.trial_id = trial_id

@@ -207,11 +207,15 @@ def _run(spec: StudySpec, echo: Echo | None, on_progress: OnProgress | None) -> 
                      NOTE_TAG: note_text(spec.question, spec.summary())},
         parent_params=_parent_params(spec), experiment_tags=EXPERIMENT_TAGS,
     )
-    writer.log_parent_text(_spec_yaml(spec), "spec.yaml")
-    searcher = BlockSearcher(spec, storage=storage, study_name=execution,
-                             seeds_per_block=seeds_per_block,
-                             trial_attrs=_trial_attrs(execution, writer.experiment_id,
-                                                      writer.parent_run_id))
+    try:
+        writer.log_parent_text(_spec_yaml(spec), "spec.yaml")
+        searcher = BlockSearcher(spec, storage=storage, study_name=execution,
+                                 seeds_per_block=seeds_per_block,
+                                 trial_attrs=_trial_attrs(execution, writer.experiment_id,
+                                                          writer.parent_run_id))
+    except BaseException as e:  # the parent run exists: never left RUNNING; re-raised
+        _abandon(writer, e)
+        raise
     if echo:
         echo(spec.summary())
         echo(f"execution {execution}: Ray {cluster['CPU']:g} CPU / {cluster['GPU']:g} GPU; "
@@ -223,6 +227,15 @@ def _run(spec: StudySpec, echo: Echo | None, on_progress: OnProgress | None) -> 
     searcher.on_look = look_hook(callback, writer)
     return _execute(spec, execution, execution, searcher, writer, callback, storage,
                     spec.total_runs, echo, t0, fuse)
+
+
+def _abandon(writer: Any, error: BaseException) -> None:
+    """End the parent run of an execution that failed before its first trial: KILLED for
+    Ctrl-C, else FAILED, with the error as its `study.error` tag."""
+    stopped = isinstance(error, KeyboardInterrupt)
+    writer.close("KILLED" if stopped else "FAILED", tags={
+        "study.status": StudyStatus.INTERRUPTED if stopped else StudyStatus.FAILED,
+        "study.error": error_summary(error)})
 
 
 def look_hook(callback: StudyCallback, writer: Any) -> Callable[..., None]:
