@@ -6,7 +6,7 @@ import datetime as _dt
 import math
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -16,7 +16,8 @@ from study.spec import KNOBS, NAME_PATTERN, SpecError
 
 __all__ = ["ENDED", "STATUSES", "USABLE", "ConfigRecord", "Progress", "ReportError", "RunRecord",
            "RunStatus", "StudyResult", "StudyStatus", "check_execution_id", "check_run_id",
-           "check_study_ref", "count_statuses", "error_summary", "new_execution_id"]
+           "check_study_ref", "count_statuses", "dominates", "error_summary",
+           "new_execution_id", "nondominated"]
 
 
 class RunStatus(StrEnum):
@@ -223,8 +224,6 @@ class StudyResult:
         """The Pareto-optimal configurations of a multi-objective study (no other is at
         least as good on every objective and better on one), in configuration order; for
         a single-objective study the best configuration alone (none without a value)."""
-        from study.report.pareto import nondominated  # the report's module imports this one
-
         if len(self.objectives) <= 1:
             best = self.best
             return [best] if best is not None else []
@@ -279,3 +278,19 @@ class ReportError(RuntimeError):
 def error_summary(e: BaseException) -> str:
     """One line for a terminal or an MLflow tag: the error's type and last line, redacted."""
     return redact_text(f"{type(e).__name__}: {last_line(str(e))}")
+
+
+# Pareto dominance over objective values, with each objective's mode (max or min)
+
+
+def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
+    """Is `a` at least as good as `b` on every objective and better on one?"""
+    sign = [1.0 if m == "max" else -1.0 for m in modes]
+    at_least = all(s * x >= s * y for s, x, y in zip(sign, a, b, strict=True))
+    return at_least and any(s * x > s * y for s, x, y in zip(sign, a, b, strict=True))
+
+
+def nondominated(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[int]:
+    """The indices of the points no other point dominates, in order (ties all kept)."""
+    return [i for i, p in enumerate(points)
+            if not any(dominates(q, p, modes) for j, q in enumerate(points) if j != i)]

@@ -12,9 +12,9 @@ import pytest
 from optuna.trial import TrialState
 
 import study.spec.dataset as spec_dataset
-from study.records import ConfigRecord, StudyResult
+from study.records import ConfigRecord, StudyResult, dominates, nondominated
 from study.report.build import ReportInput, build_report
-from study.report.pareto import dominates, level_fronts, nondominated
+from study.report.pareto import level_fronts
 from study.report.stats import curves
 from study.search.searcher import BlockSearcher
 from study.spec import SpecError, load_spec, parse_spec

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 import study
+from study.records import dominates
 from study.report.build import rebuild
-from study.report.pareto import dominates
 from study.spec import FASHION_MNIST_DIR
 from tests.conftest import SPECS, tiny_spec
 

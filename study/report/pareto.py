@@ -13,23 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from study.records import dominates, nondominated
 from study.report.stats import finite_mean, scale, show_value, usable_value
 
 __all__ = ["FrontPoint", "dominates", "level_fronts", "nondominated", "pareto_blocks",
            "plot_fronts"]
-
-
-def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
-    """Is `a` at least as good as `b` on every objective and better on one?"""
-    sign = [1.0 if m == "max" else -1.0 for m in modes]
-    at_least = all(s * x >= s * y for s, x, y in zip(sign, a, b, strict=True))
-    return at_least and any(s * x > s * y for s, x, y in zip(sign, a, b, strict=True))
-
-
-def nondominated(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[int]:
-    """The indices of the points no other point dominates, in order (ties all kept)."""
-    return [i for i, p in enumerate(points)
-            if not any(dominates(q, p, modes) for j, q in enumerate(points) if j != i)]
 
 
 @dataclass(frozen=True)
