@@ -222,7 +222,7 @@ def test_cli_run_prints_summary_and_leaves_no_process_behind(workdir):
     proc = subprocess.Popen(
         [sys.executable, "-m", "study.cli", "run", str(SPECS / "conv_bias_bn.yaml"),
          "--set", "search.trials=1", "--set", "repeats=1", "--set", "train.epochs=1",
-         "--set", "dataset.limit=200"],
+         "--set", "dataset.limit=200", "--set", "verdict.sequential=null"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=workdir, env=env,
         start_new_session=True)
     seen: set[str] = set()  # the command lines of the study's processes while it runs
