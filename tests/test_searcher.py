@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study.search.searcher import BlockSearcher, reattach_trial
+from study.search.searcher import BlockSearcher, blocks_of, reattach_trial
 from study.search.space import define_by_run, expand_runs, make_sampler
 from study.spec import load_spec, parse_spec
 from tests.conftest import SPECS, tiny_spec
@@ -83,10 +83,9 @@ def test_runs_are_paired_blocks(tmp_path):
     searcher, _ = drive(s, 0, 3, f"sqlite:///{tmp_path}/o.db")
     c0 = searcher.configs[0]
     # one Tune trial per pair (both arms of one seed) unless asked for more seeds per trial
-    assert [[r["run_key"] for r in b] for b in searcher._blocks(c0.runs)] == [
+    assert [[r["run_key"] for r in b] for b in blocks_of(c0.runs, searcher.seeds_per_block)] == [
         ["c000-bias=True-s1", "c000-bias=False-s1"], ["c000-bias=True-s2", "c000-bias=False-s2"]]
-    searcher.seeds_per_block = 2
-    assert len(searcher._blocks(c0.runs)) == 1
+    assert len(blocks_of(c0.runs, 2)) == 1
     assert [(r["seed"], r["bias"]) for r in c0.runs] == [(1, True), (1, False), (2, True),
                                                         (2, False)]
     assert {r["pair"] for r in c0.runs} == {"c000-s1", "c000-s2"}

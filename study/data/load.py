@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from study.data import formats as data_formats
-from study.spec import DatasetSpec, SpecError
+from study.errors import SpecError
+from study.spec import DatasetSpec
 
 if TYPE_CHECKING:
     import torch

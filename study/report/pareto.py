@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from study.records import dominates, nondominated
+from study.records import nondominated
 from study.report.stats import finite_mean, scale, show_value, usable_value
 
-__all__ = ["FrontPoint", "dominates", "level_fronts", "nondominated", "pareto_blocks",
+__all__ = ["FrontPoint", "level_fronts", "pareto_blocks",
            "plot_fronts"]
 
 

@@ -43,7 +43,7 @@ from study.search.objectives import config_means, run_objectives, study_directio
 from study.search.space import define_by_run, expand_runs, make_sampler
 from study.spec import StudySpec
 
-__all__ = ["BlockSearcher", "ConfigState", "LookHook", "ask_attrs", "open_study",
+__all__ = ["BlockSearcher", "ConfigState", "LookHook", "ask_attrs", "blocks_of", "open_study",
            "reattach_trial", "tell_attrs"]
 
 # Called at each look with its terminal lines, the path so far and the runs now planned.
@@ -215,18 +215,8 @@ class BlockSearcher(Searcher):
         for key, value in {**self.trial_attrs, **ask_attrs(self.spec, k, runs)}.items():
             trial.set_user_attr(key, value)
         self.configs.append(ConfigState(k, params, trial.number, runs))
-        self.queue.extend(self._blocks(runs))
+        self.queue.extend(blocks_of(runs, self.seeds_per_block))
         self._tell_ready()
-
-    def _blocks(self, runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        """Runs (seeds outer, levels inner) cut into blocks of whole seeds."""
-        by_seed: dict[int, list[dict[str, Any]]] = {}
-        for r in runs:
-            by_seed.setdefault(r["seed"], []).append(r)
-        seeds = list(by_seed)
-        n = self.seeds_per_block
-        return [[r for s in seeds[i: i + n] for r in by_seed[s]]
-                for i in range(0, len(seeds), n)]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Optuna is told one value per configuration, at its end (see _tell_ready).
@@ -305,7 +295,7 @@ class BlockSearcher(Searcher):
             for r in runs:
                 r["optuna_trial"] = cfg.optuna_number
                 r["look"] = pending[r["run_key"]]
-            self.queue.extend(self._blocks(runs))
+            self.queue.extend(blocks_of(runs, self.seeds_per_block))
             self.outstanding.update(r["run_key"] for r in runs)
 
     def restore_progress(self, done: dict[str, float | None],
@@ -340,7 +330,8 @@ class BlockSearcher(Searcher):
                 cfg.told, cfg.value = True, t.values[0] if t.values else None
                 cfg.means = list(t.values) if t.values and self.spec.multi_objective else None
             self.configs.append(cfg)
-            self.queue.extend(self._blocks([r for r in runs if r["run_key"] not in cfg.values]))
+            self.queue.extend(blocks_of([r for r in runs if r["run_key"] not in cfg.values],
+                                       self.seeds_per_block))
         told = [c.told for c in self.configs]
         self.next_to_tell = told.index(False) if False in told else len(told)
         self._tell_ready()
@@ -420,3 +411,14 @@ class BlockSearcher(Searcher):
         state.pop("spec", None)
         state.pop("on_look", None)
         self.__dict__.update(state)
+
+
+def blocks_of(runs: list[dict[str, Any]], seeds_per_block: int) -> list[list[dict[str, Any]]]:
+    """Runs (seeds outer, levels inner) cut into blocks of whole seeds, `seeds_per_block`
+    seeds each: a block always holds every level of its seeds (a pair stays together)."""
+    by_seed: dict[int, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_seed.setdefault(r["seed"], []).append(r)
+    seeds = list(by_seed)
+    return [[r for s in seeds[i: i + seeds_per_block] for r in by_seed[s]]
+            for i in range(0, len(seeds), seeds_per_block)]
