@@ -76,21 +76,27 @@ def test_batchnorm_pair_bias_is_cancelled_exactly_in_training():
                 assert pair > 1e-2  # the running-mean warm-up carries the bias constant
 
 
-def test_resume_from_a_checkpoint_gives_the_same_numbers():
-    torch.set_num_threads(1)
-    data = load_tensors(DATA)
-    run = BASE | {"epochs": 4, "norm": "batch", "optimizer": "adam", "lr": 0.01}
+def straight_and_resumed(run, data, after_epoch):
+    """`run` trained straight through, and again from the state its worker saved at the
+    end of `after_epoch` before it died; also that state."""
     straight = train_run(run, data)
     states = {}
 
     def keep(m, o, snap):
-        if m["epoch"] == 2:
+        if m["epoch"] == after_epoch:
             states["s"] = snap()
-            raise KeyboardInterrupt  # the worker dies after epoch 2
+            raise KeyboardInterrupt  # the worker dies after that epoch
 
     with contextlib.suppress(KeyboardInterrupt):
         train_run(run, data, on_epoch=keep)
-    resumed = train_run(run, data, start_state=states["s"])
+    return straight, train_run(run, data, start_state=states["s"]), states["s"]
+
+
+def test_resume_from_a_checkpoint_gives_the_same_numbers():
+    torch.set_num_threads(1)
+    data = load_tensors(DATA)
+    run = BASE | {"epochs": 4, "norm": "batch", "optimizer": "adam", "lr": 0.01}
+    straight, resumed, _ = straight_and_resumed(run, data, after_epoch=2)
     assert resumed.epochs == 4 and len(resumed.history) == 4
     assert strip_times(resumed.history) == strip_times(straight.history)
 
@@ -127,18 +133,8 @@ def test_resume_by_steps_and_with_dropout_gives_the_same_numbers():
     data = load_tensors(DATA)
     run = BASE | {"steps": 13, "batch_size": 50, "dropout": 0.5, "conv_dropout": 0.2,
                   "fc_layers": 1}
-    straight = train_run(run, data)
-    states = {}
-
-    def keep(m, o, snap):
-        if m["epoch"] == 1:
-            states["s"] = snap()
-            raise KeyboardInterrupt  # the worker dies after epoch 1
-
-    with contextlib.suppress(KeyboardInterrupt):
-        train_run(run, data, on_epoch=keep)
-    assert states["s"]["masks"] is not None
-    resumed = train_run(run, data, start_state=states["s"])
+    straight, resumed, state = straight_and_resumed(run, data, after_epoch=1)
+    assert state["masks"] is not None
     assert strip_times(resumed.history) == strip_times(straight.history)
     other = train_run(run | {"dropout": 0.3}, data)
     assert strip_times(other.history) != strip_times(straight.history)  # dropout acts
