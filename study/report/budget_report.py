@@ -15,7 +15,7 @@ from typing import Any
 
 from study.report.budget import BudgetCurve, expected_best
 from study.report.figures import fig_png, pyplot
-from study.report.stats import finite_mean, scale, show_value, usable_value
+from study.report.stats import display_unit, finite_mean, show_value, usable_value
 from study.spec import StudySpec
 
 __all__ = ["budget_blocks", "budget_curves", "plot_budget"]
@@ -40,8 +40,7 @@ def budget_curves(rows: Sequence[Mapping[str, Any]], spec: StudySpec,
 
 
 def budget_blocks(curves: Mapping[str, BudgetCurve], spec: StudySpec) -> list[Block]:
-    s = scale(spec.verdict_metric)
-    unit = " (pp)" if s == 100.0 else ""
+    s, unit = display_unit(spec.verdict_metric, parens=True)
     exact = spec.sampler == "random"
     note = ("exact for this random search" if exact else
             f"approximate: the `{spec.sampler}` sampler's configurations are not independent "
@@ -67,7 +66,7 @@ def budget_blocks(curves: Mapping[str, BudgetCurve], spec: StudySpec) -> list[Bl
 
 def plot_budget(curves: Mapping[str, BudgetCurve], spec: StudySpec) -> bytes:
     plt = pyplot()
-    s = scale(spec.verdict_metric)
+    s, unit = display_unit(spec.verdict_metric, parens=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, c in curves.items():
         m = [v * s for v in c.mean]
@@ -76,7 +75,7 @@ def plot_budget(curves: Mapping[str, BudgetCurve], spec: StudySpec) -> bytes:
         ax.fill_between(c.n, [a - b for a, b in zip(m, sd, strict=True)],
                         [a + b for a, b in zip(m, sd, strict=True)], alpha=0.15)
     ax.set_xlabel("configurations (budget)")
-    ax.set_ylabel(f"expected best {spec.verdict_metric}" + (" (pp)" if s == 100.0 else ""))
+    ax.set_ylabel(f"expected best {spec.verdict_metric}{unit}")
     if spec.sampler != "random":
         ax.set_title(f"approximate ({spec.sampler} sampler)", fontsize=9)
     ax.grid(alpha=0.3)

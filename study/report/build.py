@@ -42,6 +42,7 @@ from study.report.stats import (
     Effect,
     ci_label,
     curves,
+    display_unit,
     paired_effects,
     rows_by_pair,
     scale,
@@ -105,19 +106,31 @@ def _effect_json(e: Effect) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What the report's sections and figures are drawn from, each computed once."""
+
+    effects: list[Effect]
+    counts: dict[str, int]
+    path: Any  # the sequential path (None: a fixed-n verdict)
+    budget: dict[str, Any]  # expected best score against budget, per level
+    curve_sets: dict[str, Any]  # curves against depth and width
+    fronts: dict[str, Any]  # Pareto fronts per level (a multi-objective study)
+
+
 def build_report(inp: ReportInput) -> Report:
     spec, rows = inp.spec, inp.rows
     path = sequential_path(rows, spec)
-    effects = sequential_effects(path, rows, spec) if path is not None else _effects(inp)
-    counts = status_counts(rows)
-    budget = budget_curves(rows, spec) if spec.compare_knob else {}
-    curve_sets = _curve_sets(inp)
-    blocks = _blocks_of(inp, effects, counts, curve_sets, path)
-    if budget:
-        blocks += budget_blocks(budget, spec)
-    images = _images(inp, effects, path, budget, curve_sets)
+    parts = _Parts(
+        effects=sequential_effects(path, rows, spec) if path is not None else _effects(inp),
+        counts=status_counts(rows), path=path,
+        budget=budget_curves(rows, spec) if spec.compare_knob else {},
+        curve_sets=_curve_sets(inp),
+        fronts=_fronts(inp) if spec.multi_objective else {})
+    blocks = _blocks_of(inp, parts)
+    images = _images(inp, parts)
     title = f"Study report: {spec.name}"
-    return Report(title=title, effects=effects, counts=counts,
+    return Report(title=title, effects=parts.effects, counts=parts.counts,
                   markdown=_markdown(title, blocks), html=_html(title, blocks, images),
                   images=images, path=path,
                   looks=looks_json(path, spec) if path is not None else [])
@@ -147,23 +160,22 @@ def _curve_sets(inp: ReportInput) -> dict[str, Any]:
             for x in ("depth", "width") if len({r.get(f"param.{x}") for r in rows}) > 1}
 
 
-def _images(inp: ReportInput, effects: Sequence[Effect], path: Any,
-            budget: Mapping[str, Any], curve_sets: Mapping[str, Any]) -> dict[str, bytes]:
+def _images(inp: ReportInput, parts: _Parts) -> dict[str, bytes]:
     """The report's figures, by file name."""
     spec = inp.spec
     images: dict[str, bytes] = {}
-    if path is not None:
-        images["looks.png"] = plot_looks(path, spec)
-    elif effects and any(e.n for e in effects):
-        images["effects.png"] = _plot_effects(effects, spec)
-    if budget:
-        images["budget.png"] = plot_budget(budget, spec)
-    if curve_sets:
-        images["curves.png"] = _plot_curves(curve_sets, spec)
+    if parts.path is not None:
+        images["looks.png"] = plot_looks(parts.path, spec)
+    elif parts.effects and any(e.n for e in parts.effects):
+        images["effects.png"] = _plot_effects(parts.effects, spec)
+    if parts.budget:
+        images["budget.png"] = plot_budget(parts.budget, spec)
+    if parts.curve_sets:
+        images["curves.png"] = _plot_curves(parts.curve_sets, spec)
     if inp.importance:
         images["importance.png"] = _plot_importance(inp.importance)
     if spec.multi_objective:
-        images["pareto.png"] = fig_png(plot_fronts(_fronts(inp), spec.objectives, pyplot()))
+        images["pareto.png"] = fig_png(plot_fronts(parts.fronts, spec.objectives, pyplot()))
     return images
 
 
@@ -187,7 +199,7 @@ def verdict_table(report: Report, spec: StudySpec) -> str:
         return "(no compared knob: no verdict)"
     if report.path is not None:
         return sequential_table(report.path, spec)
-    s, unit = _unit(spec)
+    s, unit = display_unit(spec.verdict_metric)
     head = f"{'comparison':<34} {'group':<16} {'n':>4} {'mean diff' + unit:>13}  " \
            f"{ci_label(spec.alpha):<19} verdict"
     lines = [f"verdict on {spec.verdict_metric} (margin ±{spec.margin * s:g}{unit}, "
@@ -216,10 +228,10 @@ def verdict_table(report: Report, spec: StudySpec) -> str:
 Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", (head, rows)) | ("img", name)
 
 
-def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str, int],
-               curve_sets: Mapping[str, Any], path: Any) -> list[Block]:
+def _blocks_of(inp: ReportInput, parts: _Parts) -> list[Block]:
     """The report's sections, in order."""
     spec = inp.spec
+    effects, path = parts.effects, parts.path
     b: list[Block] = [("p", f"**Question.** {spec.question}")]
     b.append(("p", f"Execution `{inp.execution}` ({inp.status}); MLflow parent run "
                    f"`{inp.parent_run_id}` at `{redact_uri(inp.tracking_uri)}`; spec "
@@ -231,15 +243,17 @@ def _blocks_of(inp: ReportInput, effects: Sequence[Effect], counts: Mapping[str,
     if spec.sequential and path is None:
         b.append(("p", "The sequential phase has not started: some search runs have not "
                        "ended (`study resume` continues the study)."))
-    b += _runs_section(inp, counts)
+    b += _runs_section(inp, parts.counts)
     b += _settings_section(spec)
-    if curve_sets:
-        b += _curves_section(spec, curve_sets)
+    if parts.curve_sets:
+        b += _curves_section(spec, parts.curve_sets)
     if spec.multi_objective:
-        b += pareto_blocks(_fronts(inp), spec.objectives)
+        b += pareto_blocks(parts.fronts, spec.objectives)
     b += _importance_section(inp)
     if effects:
         b += _pairs_section(inp)
+    if parts.budget:
+        b += budget_blocks(parts.budget, spec)
     return b
 
 
@@ -249,14 +263,8 @@ def _fronts(inp: ReportInput) -> dict[str, Any]:
     return level_fronts(inp.rows, spec.objectives, spec.compare_knob, list(spec.space))
 
 
-def _unit(spec: StudySpec) -> tuple[float, str]:
-    """The verdict metric's display scale and unit (percentage points for accuracies)."""
-    s = scale(spec.verdict_metric)
-    return s, " pp" if s == 100.0 else ""
-
-
 def _verdict_section(spec: StudySpec, effects: Sequence[Effect]) -> list[Block]:
-    s, unit = _unit(spec)
+    s, unit = display_unit(spec.verdict_metric)
     b: list[Block] = [("h2", "Verdict")]
     b += [("p", "**" + e.sentence() + "**") for e in effects if e.group == "all"]
     rows = []
@@ -320,7 +328,7 @@ def _settings_section(spec: StudySpec) -> list[Block]:
 
 
 def _curves_section(spec: StudySpec, curve_sets: Mapping[str, Any]) -> list[Block]:
-    s, unit = _unit(spec)
+    s, unit = display_unit(spec.verdict_metric)
     metric = spec.verdict_metric if spec.compare_knob else spec.metric
     b: list[Block] = [
         ("h2", "Depth and width"),
@@ -353,7 +361,7 @@ def _importance_section(inp: ReportInput) -> list[Block]:
 
 def _pairs_section(inp: ReportInput) -> list[Block]:
     spec = inp.spec
-    s, _ = _unit(spec)
+    s = scale(spec.verdict_metric)
     b: list[Block] = [("h2", "Pairs (every number above comes from these runs)")]
     ref = spec.compare_levels[0]
     pairs = sorted(rows_by_pair(inp.rows).items(), key=lambda kv: (kv[0][0], kv[0][1]))
@@ -469,7 +477,7 @@ def _html(title: str, blocks: Sequence[Block], images: Mapping[str, bytes]) -> s
 
 def _plot_effects(effects: Sequence[Effect], spec: StudySpec) -> bytes:
     plt = pyplot()
-    s = scale(spec.verdict_metric)
+    s, unit = display_unit(spec.verdict_metric, parens=True)
     shown = [e for e in effects if e.n]
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(shown) + 1.6))
     ax.axvspan(-spec.margin * s, spec.margin * s, color="#cfe8cf", label="equivalence margin")
@@ -487,7 +495,6 @@ def _plot_effects(effects: Sequence[Effect], spec: StudySpec) -> bytes:
     ax.set_yticks(range(len(shown)))
     ax.set_yticklabels([f"{show_value(e.level)} vs {show_value(e.reference)} ({e.group}, n={e.n}): "
                         f"{e.verdict}" for e in reversed(shown)])
-    unit = " (pp)" if s == 100.0 else ""
     ax.set_xlabel(f"paired difference in {spec.verdict_metric}{unit}: mean, "
                   f"{ci_label(spec.alpha)}, pairs")
     ax.set_title(f"{spec.compare_knob}: effect on {spec.verdict_metric}")

@@ -17,7 +17,7 @@ import numpy as np
 from study.records import ENDED
 from study.report.figures import fig_png, pyplot
 from study.report.sequential import fixed_n_same_power, simulate, verdict
-from study.report.stats import Effect, ci_label, paired_effects, scale, show_value
+from study.report.stats import Effect, ci_label, display_unit, paired_effects, show_value
 from study.search.looks import Comparison, LookPath, design_of, follow
 from study.spec import StudySpec
 
@@ -95,8 +95,7 @@ def _interval(iv: tuple[float, float], s: float) -> str:
 
 def sequential_blocks(path: LookPath, effects: Sequence[Effect], spec: StudySpec) -> list[Block]:
     """The report's verdict section for a sequential study."""
-    s = scale(spec.verdict_metric)
-    unit = " pp" if s == 100.0 else ""
+    s, unit = display_unit(spec.verdict_metric)
     b: list[Block] = [("h2", "Verdict (sequential)")]
     shown = _display_order(path)
     b += [("p", "**" + _sentence(c, spec) + "**") for c in shown if c.group == "all"]
@@ -147,8 +146,7 @@ def _look_rows(path: LookPath, spec: StudySpec, s: float) -> list[list[str]]:
 
 
 def _sentence(c: Comparison, spec: StudySpec) -> str:
-    s = scale(spec.verdict_metric)
-    unit = " pp" if s == 100.0 else ""
+    s, unit = display_unit(spec.verdict_metric)
     what = c.label(spec) + ("" if c.group == "all" else f" ({c.group})")
     lk = c.last
     if lk is None or lk.index == 0:
@@ -181,8 +179,7 @@ def _method(spec: StudySpec) -> str:
 
 def sequential_table(path: LookPath, spec: StudySpec) -> str:
     """A short plain-text table of the sequential verdicts, for the terminal."""
-    s = scale(spec.verdict_metric)
-    unit = " pp" if s == 100.0 else ""
+    s, unit = display_unit(spec.verdict_metric)
     head = (f"{'comparison':<22} {'group':<12} {'looks':>5} {'n':>4} {'mean' + unit:>9}  "
             f"{'repeated ' + ci_label(spec.alpha):<18} {'equivalence RCI':<18} verdict")
     lines = [f"sequential verdict on {spec.verdict_metric} (margin ±{spec.margin * s:g}{unit}, "
@@ -225,8 +222,7 @@ def plot_looks(path: LookPath, spec: StudySpec) -> bytes:
     shown = [c for c in _display_order(path) if any(st.look.index for st in c.steps)]
     fig, axes = plt.subplots(max(1, len(shown)), 2, figsize=(11, 2.6 * max(1, len(shown))),
                              squeeze=False)
-    s = scale(spec.verdict_metric)
-    unit = " (pp)" if s == 100.0 else ""
+    s, unit = display_unit(spec.verdict_metric, parens=True)
     for (left, right), c in zip(axes, shown, strict=False):
         looks = [st.look for st in c.steps if st.look.index]
         n = np.array([lk.n for lk in looks], dtype=float)

@@ -105,6 +105,15 @@ def scale(metric: str) -> float:
     return 100.0 if metric.endswith("accuracy") else 1.0
 
 
+def display_unit(metric: str, parens: bool = False) -> tuple[float, str]:
+    """`metric`'s display scale and the unit to write after it: (100, " pp") for accuracies,
+    or " (pp)" with `parens` (an axis label); (1, "") for others."""
+    s = scale(metric)
+    if s != 100.0:
+        return s, ""
+    return s, " (pp)" if parens else " pp"
+
+
 def show_value(x: Any) -> str:
     """A knob value as a spec writes it (booleans lower case)."""
     if isinstance(x, bool):

@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from study.report.sequential import Design, Look, look, verdict
-from study.report.stats import Effect, paired_effects, rows_by_pair, show_value, usable_value
+from study.report.stats import (
+    Effect,
+    display_unit,
+    paired_effects,
+    rows_by_pair,
+    show_value,
+    usable_value,
+)
 from study.search.space import run_key
 from study.spec import StudySpec
 
@@ -232,8 +239,7 @@ def _pair_runs(spec: StudySpec, cfg: int, seed: int, k: int) -> list[dict[str, A
 
 def look_lines(path: LookPath, spec: StudySpec, since: int = 0) -> list[str]:
     """One line per look after look `since` at each comparison, then what comes next."""
-    s = 100.0 if spec.verdict_metric.endswith("accuracy") else 1.0
-    unit = " pp" if s == 100.0 else ""
+    s, unit = display_unit(spec.verdict_metric)
     lines = []
     for k in range(since + 1, path.rounds + 1):
         for c in path.comparisons:
