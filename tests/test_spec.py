@@ -139,8 +139,9 @@ def test_dataset_paths_checked(tmp_path):
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
-    with pytest.raises(SpecError, match="no such spec file"):
+    with pytest.raises(SpecError, match="no such spec file") as e:
         load_spec(tmp_path / "nope.yaml")
+    assert str(SPECS / "conv_bias_bn.yaml") in str(e.value)  # the bundled specs, listed
     p = write(tmp_path, "name: [unclosed\n")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(p)

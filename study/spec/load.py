@@ -71,7 +71,7 @@ def load_yaml_text(text: str | bytes, source: str) -> Any:
 
 
 def _bundled_specs() -> list[Path]:
-    here = Path(__file__).resolve().parent.parent / "search_spaces"
+    here = Path(__file__).resolve().parents[2] / "search_spaces"  # beside the package
     return sorted(here.glob("*.yaml")) if here.is_dir() else []
 
 
