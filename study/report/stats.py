@@ -146,8 +146,7 @@ def paired_effects(rows: Sequence[Mapping[str, Any]], *, knob: str, levels: Sequ
     groups: dict[str, list[Mapping[str, Any]]] = {"all": list(rows)}
     if by:
         for r in rows:
-            key = f"{by}={show_value(r.get(f'param.{by}'))}"
-            groups.setdefault(key, []).append(r)
+            groups.setdefault(group_key(r, by), []).append(r)
     out = []
     for gname, grows in groups.items():
         blocks = rows_by_pair(grows)
@@ -155,6 +154,11 @@ def paired_effects(rows: Sequence[Mapping[str, Any]], *, knob: str, levels: Sequ
             out.append(_effect(blocks, knob, levels[0], lvl, metric, margin, mode, gname,
                                alpha))
     return out
+
+
+def group_key(row: Mapping[str, Any], by: str) -> str:
+    """The name of the `by` group a run row belongs to ("norm=batch")."""
+    return f"{by}={show_value(row.get(f'param.{by}'))}"
 
 
 def rows_by_pair(rows: Iterable[Mapping[str, Any]],

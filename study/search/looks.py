@@ -28,6 +28,7 @@ from study.report.sequential import Design, Look, look, verdict
 from study.report.stats import (
     Effect,
     display_unit,
+    group_key,
     paired_effects,
     rows_by_pair,
     show_value,
@@ -122,16 +123,12 @@ def _look_of(row: Mapping[str, Any]) -> int:
     return int(row.get("look") or 0)
 
 
-def _group_of(row: Mapping[str, Any], by: str) -> str:
-    return f"{by}={show_value(row.get(f'param.{by}'))}"
-
-
 def _comparisons(search: Sequence[Mapping[str, Any]], spec: StudySpec) -> list[Comparison]:
     """Every comparison, groups before "all" (the order seeds are planned in), each with
     the configurations that have a usable search pair for its level."""
     out = []
     effects = _effects(search, spec)
-    groups = [g for by in spec.verdict_by for g in sorted({_group_of(r, by) for r in search})]
+    groups = [g for by in spec.verdict_by for g in sorted({group_key(r, by) for r in search})]
     for group in [*groups, "all"]:
         for level in spec.compare_levels[1:]:
             e = effects.get((group, repr(level)))
@@ -161,7 +158,7 @@ def _effects(rows: Sequence[Mapping[str, Any]], spec: StudySpec,
         for e in effects:
             if by is not None and e.group == "all":
                 continue
-            grows = rows if e.group == "all" else [r for r in rows if _group_of(r, by) == e.group]
+            grows = rows if e.group == "all" else [r for r in rows if group_key(r, by) == e.group]
             out[(e.group, repr(e.level))] = _Pairs(e.differences,
                                                    _usable_pairs(grows, spec, e.level),
                                                    e.excluded_pairs)

@@ -33,10 +33,6 @@ MAX_TAGS_PER_BATCH = 100
 MAX_PARAM_CHARS = 6000
 
 
-
-
-
-
 class TrackingError(RuntimeError):
     """The tracking store cannot be used (unreachable server, bad URI)."""
 

@@ -206,4 +206,3 @@ def best_of(records: Iterable[RunRecord], spec: StudySpec) -> tuple[int, float] 
     pick = max if spec.mode == "max" else min
     k = pick(full, key=lambda i: full[i])  # type: ignore[arg-type, return-value]
     return k, full[k]  # type: ignore[return-value]
-

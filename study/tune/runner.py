@@ -54,7 +54,7 @@ from study.tracking.answer import (
 )
 from study.train.checkpoints import CheckpointStore
 from study.tune import interrupts, ray_adapter
-from study.tune.progress import OnProgress
+from study.tune.progress import Echo, OnProgress
 
 if TYPE_CHECKING:  # imports Ray Tune: at run time only inside run()/resume()
     from study.tune.callback import StudyCallback
@@ -63,7 +63,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["METRIC_KEYS", "resume", "run"]
 
-Echo = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------------------

@@ -48,7 +48,6 @@ def trainable(config: dict[str, Any], splits: Any = None) -> None:
                 before_epoch=faults.before_epoch_hook(str(config["study"])))
 
 
-
 def _device(want_gpu: bool) -> str:
     if not want_gpu:
         return "cpu"
