@@ -15,7 +15,7 @@ from typing import Any
 
 from study.spec.knobs import KNOBS
 
-__all__ = ["FAMILIES", "Family", "builder_of", "family_knobs", "register_family",
+__all__ = ["FAMILIES", "Family", "builder_of", "register_family",
            "unregister_family"]
 
 # builder(run, input_shape, num_classes) -> an initialised torch.nn.Module on the CPU
@@ -49,10 +49,6 @@ def register_family(family: Family) -> None:
 
 def unregister_family(name: str) -> None:
     FAMILIES.pop(name, None)
-
-
-def family_knobs(name: str) -> tuple[str, ...]:
-    return FAMILIES[name].knobs
 
 
 def builder_of(name: str) -> Builder:

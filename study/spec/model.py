@@ -202,10 +202,3 @@ class StudySpec:
         return ("  metrics:  " + ", ".join(f"{m} ({d})" for m, d in self.objectives)
                 + ": a multi-objective search (Pareto front), each told to Optuna as the "
                 "mean over a configuration's runs")
-
-
-# --------------------------------------------------------------------------------------
-# Reading raw YAML with errors that point at the field
-# --------------------------------------------------------------------------------------
-
-
